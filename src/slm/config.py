@@ -1,0 +1,356 @@
+"""Run configuration: nested dataclasses <-> YAML recipes, with `--section.key=value` overrides.
+
+Resolution order: dataclass defaults, then the recipe YAML, then CLI overrides. Every key is checked against the
+dataclass fields (an unknown key is an error naming it and listing the valid ones) and every value against the field's
+type (`--train.lr=abc` is an error, `--train.lr=3e-4` is a float even though YAML 1.1 reads it as a string). The
+resolved config is written beside every run and checkpoint (`config.yaml`); loading a checkpoint rebuilds its model
+from that file. A model section may name a preset (`model.preset: smollm2-135m`); its values fill every field the
+recipe did not set itself.
+
+Hand-written rather than OmegaConf/Hydra: the whole need is ~150 lines, and those libraries bring their own override
+grammar and error messages that cannot name our flags the way users type them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SlmError, atomic_write_text
+from .generate.sampling import SamplingConfig
+from .model.config import PRESETS, ModelConfig
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    name: str = "run"  # run name; the run directory defaults to runs/<name>
+    out_dir: str = ""  # where everything of this run goes; "" = runs/<name>
+    seed: int = 1337  # seeds init, data order and sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe (train byte-level BPE on the corpus) | byte (256 bytes + specials) | pretrained (path=)
+    path: str = ""  # for kind=pretrained: a tokenizer.json or an HF tokenizer folder (GPT-2, SmolLM2, ...)
+    vocab_size: int = 32768  # BPE target size including special tokens (32768 suits real corpora; tiny corpora want less)
+    min_frequency: int = 2  # BPE: a pair must occur this often to be merged
+    max_train_bytes: int = 0  # BPE: train on at most this many bytes of the corpus (0 = all)
+    extra_special_tokens: list[str] = field(default_factory=list)  # appended to <|bos|> <|eos|> <|pad|> and chat tokens
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bpe", "byte", "pretrained"):
+            raise SlmError(f"--tokenizer.kind={self.kind!r}: choose bpe, byte or pretrained")
+        if self.kind == "pretrained" and not self.path:
+            raise SlmError("--tokenizer.path: required when --tokenizer.kind=pretrained (a tokenizer.json or folder)")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    inputs: list[str] = field(default_factory=list)  # text files, folders, .jsonl/.parquet; "shakespeare" = embedded corpus
+    text_column: str = ""  # jsonl/parquet column holding the text; "" = auto-detect
+    glob: str = "*"  # which files of a folder to read
+    txt_split: str = "auto"  # documents of a .txt: auto | file | paragraph | line
+    on_decode_error: str = "replace"  # non-UTF-8 bytes: replace (counted) | skip the document (counted)
+    val_fraction: float = 0.05  # share of documents held out for validation (by document hash, deterministic)
+    num_workers: int = 2  # tokenizer worker processes
+    prepared_dir: str = ""  # prepared token shards; "" = <run dir>/data
+
+    def __post_init__(self) -> None:
+        if self.on_decode_error not in ("replace", "skip"):
+            raise SlmError(f"--data.on_decode_error={self.on_decode_error!r}: choose replace or skip")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise SlmError(f"--data.val_fraction={self.val_fraction}: must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class PhaseConfig:
+    seq_len: int  # context length of this phase
+    steps: int  # optimizer steps in this phase
+    batch_size: int = 0  # rows per micro-batch per process; 0 = train.batch_size
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer steps (ignored when phases are given: their steps add up)
+    batch_size: int = 16  # rows per micro-batch per process
+    seq_len: int = 256  # context length (ignored when phases are given)
+    phases: list[PhaseConfig] = field(default_factory=list)  # curriculum, e.g. 256 -> 1024 -> 2048 (SLMS)
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size * grad_accum * world_size
+    optimizer: str = "adamw"  # adamw | muon (Muon on 2-D hidden weights, AdamW on embeddings, norms and head)
+    lr: float = 3e-3  # peak learning rate (AdamW part)
+    muon_lr: float = 0.02  # peak learning rate of the Muon part
+    muon_momentum: float = 0.95  # Muon momentum
+    weight_decay: float = 0.1  # decoupled weight decay on 2-D weights (never on norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | linear | constant
+    warmup_steps: int = 50  # linear warmup from 0
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute blocks in backward to save memory
+    loss_chunk: int = 4096  # rows per chunk of the chunked cross-entropy
+    eval_every: int = 100  # steps between validation evals (0 = only at the end)
+    eval_batches: int = 20  # validation batches per eval (0 = the whole val split)
+    sample_every: int = 0  # steps between samples in the log (0 = off)
+    checkpoint_every: int = 0  # steps between checkpoints (0 = only the final one)
+    keep_last: int = 2  # checkpoints kept besides the best one
+    log_every: int = 10  # steps between metric lines
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = number of cores
+    tensorboard: bool = True  # write TensorBoard event files
+    wandb: bool = False  # log to Weights & Biases (needs `pip install wandb`)
+    wandb_project: str = "slm"
+    resume: str = ""  # checkpoint dir to resume from; "auto" = the latest in the run dir
+    init_from: str = ""  # start from this checkpoint's weights (fresh optimizer and step 0): fine-tuning
+    max_skipped_steps: int = 20  # abort after this many consecutive non-finite steps
+
+    def __post_init__(self) -> None:
+        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd", "linear", "constant"),
+                   "precision": ("auto", "fp32", "bf16", "fp16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise SlmError(f"--train.{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        for key in ("steps", "batch_size", "seq_len", "grad_accum"):
+            if getattr(self, key) <= 0:
+                raise SlmError(f"--train.{key}={getattr(self, key)}: must be > 0")
+
+    def phase_list(self) -> list[PhaseConfig]:
+        """The curriculum as explicit phases (a single phase when none are configured)."""
+        if not self.phases:
+            return [PhaseConfig(seq_len=self.seq_len, steps=self.steps, batch_size=self.batch_size)]
+        return [PhaseConfig(seq_len=p.seq_len, steps=p.steps, batch_size=p.batch_size or self.batch_size)
+                for p in self.phases]
+
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phase_list())
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    batch_size: int = 8  # rows per eval batch
+    seq_len: int = 0  # 0 = the last training phase's seq_len
+    max_batches: int = 0  # 0 = the whole split
+
+
+@dataclass(kw_only=True)
+class SampleSection(SamplingConfig):
+    prompts: list[str] = field(default_factory=lambda: [""])  # prompts for samples in logs and the report
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    hf: bool = True  # `slm run` exports the final model in HF format to <run dir>/hf
+    dtype: str = "float32"  # float32 | bfloat16 | float16 weights in the export
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleSection = field(default_factory=SampleSection)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir or f"runs/{self.run.name}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# dict -> dataclass with type checks
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SlmError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if isinstance(value, (str, int, float)) and item_tp is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SlmError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise SlmError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise SlmError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise SlmError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SlmError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise SlmError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types with the dotted key in the message."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in names:
+            raise SlmError(f"unknown config key '{dotted}'; valid keys here: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field without value
+        raise SlmError(f"{where or cls.__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# recipes and overrides
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--train.lr=3e-4', '--model.preset', 'tiny'] -> {'train': {'lr': 3e-4}, 'model': {'preset': 'tiny'}}."""
+    tree: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise SlmError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, raw = body.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, raw = body, args[i + 1]
+            i += 1
+        else:
+            raise SlmError(f"override {arg!r} has no value; write --{body}=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SlmError(f"override --{key}: '{part}' is a value, not a section")
+        node[parts[-1]] = value
+        i += 1
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SlmError(f"{path}: recipe/config file not found; pass an existing YAML file (see recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" line {line + 1}" if line is not None else ""
+        raise SlmError(f"{path}{at}: not valid YAML ({type(exc).__name__}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise SlmError(f"{path}: top level must be a mapping of sections (run, data, model, train, ...)")
+    return data
+
+
+def build_run_config(data: dict) -> RunConfig:
+    """Dict (recipe + overrides merged) -> RunConfig, applying the model preset under the explicit model keys."""
+    data = dict(data)
+    model = dict(data.get("model") or {})
+    preset = model.get("preset")
+    if preset:
+        if preset not in PRESETS:
+            raise SlmError(f"model.preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
+        model = {**PRESETS[preset], **model}
+    data["model"] = model
+    return from_dict(RunConfig, data)
+
+
+def load_run_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data = read_yaml(recipe) if recipe else {}
+    return build_run_config(_merge(data, parse_overrides(overrides or [])))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """Read a config.yaml written by `save_config` (beside a run or inside a checkpoint)."""
+    return build_run_config(read_yaml(path))
+
+
+def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(flag, default, comment) rows for `--help`, taken from the dataclass fields and their source comments."""
+    import inspect
+
+    rows = []
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        src = ""
+    comments = {}
+    for line in src.splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and not stripped.startswith(("#", "def", "return")):
+            comments[stripped.split(":")[0].strip()] = stripped.split("#", 1)[1].strip()
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows += config_help(tp, f"{name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+        rows.append((f"--{name}", repr(default), comments.get(f.name, "")))
+    return rows

@@ -1,0 +1,272 @@
+"""Tokenize a corpus into packed, sharded token streams plus a manifest (`slm data prepare`).
+
+Design decisions
+- The split is by document and by content: a document goes to val iff blake2b(seed, text) read as a fraction of 2**64
+  is below `val_fraction`. Identical texts land on the same side (no train/val leak through duplicates), the split
+  does not depend on file order, and it is stable when documents are added elsewhere. If no document qualifies (tiny
+  corpora) the lowest-hash text moves to val, so there is always something to evaluate on.
+- Two passes over the input: the first only hashes (fast) to fix the split and the totals; the second tokenizes.
+  That keeps memory flat (8-byte hash + length per document) instead of holding token ids until the split is known.
+- Tokenization runs in a spawn-context process pool fed with ordered chunks of same-split documents; at most a few
+  chunks are in flight, so memory stays bounded on large corpora. Workers receive the tokenizer as its JSON string
+  (that is how `Tokenizer` pickles). Each document becomes its ids followed by EOS (no BOS: EOS doubles as the document
+  separator, one token per document instead of two). The output is byte-identical for any number of workers.
+- Shards are raw little-endian uint16 arrays (uint32 above 65,536 ids) with no header, so `np.memmap` reads them
+  directly; `shard_tokens` bounds file size. Everything is written into a temporary folder renamed into place at the
+  end, so an interrupted run never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+from array import array
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+import slm
+from slm.data.sources import iter_documents, list_source_files
+from slm.errors import SlmError, atomic_dir, atomic_write_text
+from slm.tokenizer import Tokenizer
+
+FORMAT = "slm-tokens-v1"
+MANIFEST_FILE = "manifest.json"
+SPLITS = ("train", "val")
+_CHUNK_BYTES = 1 << 20  # text per worker task: big enough to amortise IPC, small enough to keep workers busy
+_CHUNK_DOCS = 4096
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Little-endian uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def split_hash(text: str, seed: int) -> int:
+    """64-bit content hash that decides the split of a document."""
+    digest = hashlib.blake2b(f"{seed}\0".encode() + text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def tokenize_documents(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype) -> np.ndarray:
+    """Concatenation of `encode(text) + [eos]` over `texts`, as a flat array of `dtype`."""
+    eos = tokenizer.eos_id
+    ids = tokenizer.encode_batch(texts)
+    total = sum(len(x) for x in ids) + len(ids)
+    out = np.empty(total, dtype=dtype)
+    pos = 0
+    for doc in ids:
+        out[pos : pos + len(doc)] = doc
+        out[pos + len(doc)] = eos
+        pos += len(doc) + 1
+    return out
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(tokenizer: Tokenizer, dtype: str) -> None:
+    # Rust-side threads in every worker would oversubscribe the cores the pool already uses.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_state["tokenizer"] = tokenizer
+    _worker_state["dtype"] = np.dtype(dtype)
+
+
+def _tokenize_chunk(texts: list[str]) -> np.ndarray:
+    return tokenize_documents(_worker_state["tokenizer"], texts, _worker_state["dtype"])
+
+
+class ShardWriter:
+    """Append tokens to `{split}_00000.bin`, `{split}_00001.bin`, ... with at most `shard_tokens` tokens each."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self._file = None
+        self._sha = hashlib.sha256()
+        self._in_shard = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
+        while len(tokens):
+            if self._file is None:
+                name = f"{self.split}_{len(self.shards):05d}.bin"
+                self._file = open(self.directory / name, "wb")
+                self.shards.append({"file": name, "tokens": 0, "sha256": ""})
+            take = min(len(tokens), self.shard_tokens - self._in_shard)
+            data = tokens[:take].tobytes()
+            self._file.write(data)
+            self._sha.update(data)
+            self._in_shard += take
+            tokens = tokens[take:]
+            if self._in_shard == self.shard_tokens:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._file.close()
+        self.shards[-1].update(tokens=self._in_shard, sha256=self._sha.hexdigest())
+        self._file, self._sha, self._in_shard = None, hashlib.sha256(), 0
+
+    def close(self) -> list[dict]:
+        if self._file is not None:
+            self._finish_shard()
+        return self.shards
+
+
+def _iter_all_documents(inputs: list[str], options: dict, stats: dict | None) -> Iterator[str]:
+    for path in inputs:
+        for _, text in iter_documents(path, stats=stats, **options):
+            yield text
+
+
+def _assign_splits(inputs: list[str], options: dict, val_fraction: float, seed: int, stats: dict) -> tuple[list[bool], array]:
+    """First pass: which documents go to val, and each document's UTF-8 size."""
+    hashes, sizes = array("Q"), array("Q")
+    for text in _iter_all_documents(inputs, options, stats):
+        hashes.append(split_hash(text, seed))
+        sizes.append(len(text.encode("utf-8")))
+    threshold = val_fraction * 2.0**64
+    is_val = [h < threshold for h in hashes]
+    where = ", ".join(inputs)
+    if val_fraction > 0 and not any(is_val) and len(hashes) >= 2:
+        lowest = min(hashes)
+        is_val = [h == lowest for h in hashes]  # every copy of that text, so duplicates never straddle the split
+    if all(is_val):
+        raise SlmError(
+            f"{where}: all {len(hashes)} document(s) fell into the validation split (val_fraction={val_fraction}); "
+            "lower val_fraction or add more distinct documents"
+        )
+    return is_val, sizes
+
+
+def _chunks(inputs: list[str], options: dict, is_val: list[bool]) -> Iterator[tuple[str, list[str]]]:
+    """Second pass: consecutive documents of one split, grouped into tasks of about _CHUNK_BYTES."""
+    split, texts, size, index = None, [], 0, 0
+    for text in _iter_all_documents(inputs, options, None):
+        if index >= len(is_val):
+            raise SlmError(f"{', '.join(inputs)}: inputs changed while preparing; re-run when they are stable")
+        doc_split = "val" if is_val[index] else "train"
+        index += 1
+        if texts and (doc_split != split or size >= _CHUNK_BYTES or len(texts) >= _CHUNK_DOCS):
+            yield split, texts
+            texts, size = [], 0
+        split = doc_split
+        texts.append(text)
+        size += len(text)
+    if texts:
+        yield split, texts
+    if index != len(is_val):
+        raise SlmError(f"{', '.join(inputs)}: inputs changed while preparing; re-run when they are stable")
+
+
+def _tokenized_chunks(
+    chunks: Iterator[tuple[str, list[str]]], tokenizer: Tokenizer, dtype: np.dtype, num_workers: int
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(split, number of documents, tokens) per chunk, in input order."""
+    if num_workers <= 1:
+        for split, texts in chunks:
+            yield split, len(texts), tokenize_documents(tokenizer, texts, dtype)
+        return
+    context = multiprocessing.get_context("spawn")  # fork would copy a parent that may hold threads (torch, rayon)
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer, dtype.str)) as pool:
+        pending: collections.deque = collections.deque()
+        for split, texts in chunks:
+            pending.append((split, len(texts), pool.apply_async(_tokenize_chunk, (texts,))))
+            if len(pending) > 2 * num_workers:
+                split_, n, result = pending.popleft()
+                yield split_, n, result.get()
+        while pending:
+            split_, n, result = pending.popleft()
+            yield split_, n, result.get()
+
+
+def _file_record(path: Path) -> dict:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"path": str(path.resolve()), "sha256": sha.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace anything but an earlier prepared dataset or an empty folder."""
+    if out.is_file():
+        raise SlmError(f"{out}: is a file; choose a folder path for the prepared dataset")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise SlmError(f"{out}: folder exists and is not a prepared dataset; choose a new or empty output folder")
+
+
+def prepare_dataset(
+    inputs: list[str],
+    tokenizer: Tokenizer,
+    out_dir: str,
+    *,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    num_workers: int = 2,
+    shard_tokens: int = 2**26,
+    text_column: str | None = None,
+    glob: str = "*",
+    txt_split: str = "auto",
+    on_decode_error: str = "replace",
+    progress: bool = True,
+) -> dict:
+    """Tokenize `inputs` into `out_dir` (shards, tokenizer, manifest.json) and return the manifest."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [str(p) for p in inputs]
+    if not inputs:
+        raise SlmError("prepare: no input given; pass at least one file or folder")
+    if not 0.0 <= val_fraction < 1.0:
+        raise SlmError(f"val_fraction={val_fraction} must be in [0, 1); e.g. 0.05 for 5% validation documents")
+    if shard_tokens < 1:
+        raise SlmError(f"shard_tokens={shard_tokens} must be positive")
+    out = Path(out_dir)
+    _check_out_dir(out)
+    options = {"text_column": text_column, "glob": glob, "txt_split": txt_split, "on_decode_error": on_decode_error}
+    doc_stats = {"replaced_docs": 0, "skipped_docs": 0, "empty_docs": 0}
+    is_val, sizes = _assign_splits(inputs, options, val_fraction, seed, doc_stats)
+    sources = [_file_record(f) for path in inputs for f in list_source_files(path, glob)]
+    dtype = token_dtype(tokenizer.vocab_size)
+    splits = {
+        name: {
+            "documents": sum(1 for v in is_val if v == (name == "val")),
+            "bytes": sum(s for s, v in zip(sizes, is_val) if v == (name == "val")),
+            "tokens": 0,
+            "shards": [],
+        }
+        for name in SPLITS
+    }
+    with atomic_dir(out) as tmp:
+        tokenizer.save(tmp)
+        writers = {name: ShardWriter(tmp, name, dtype, shard_tokens) for name in SPLITS}
+        bar = tqdm(total=len(is_val), unit="doc", desc="tokenizing", disable=not progress, dynamic_ncols=True)
+        with bar:
+            chunks = _chunks(inputs, options, is_val)
+            for split, n_docs, tokens in _tokenized_chunks(chunks, tokenizer, dtype, num_workers):
+                writers[split].write(tokens)
+                splits[split]["tokens"] += len(tokens)
+                bar.update(n_docs)
+        for name in SPLITS:
+            splits[name]["shards"] = writers[name].close()
+        manifest = {
+            "format": FORMAT,
+            "dtype": dtype.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+            "tokenizer_hash": tokenizer.hash(),
+            "tokenizer_file": "tokenizer.json",
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "sources": sources,
+            "splits": splits,
+            "doc_stats": doc_stats,
+            "created_by": f"slm {slm.__version__}",
+        }
+        atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,96 @@
+"""`slm generate`: prompts from flags, a file or an interactive session; streams the first sample to the terminal.
+
+--prompt-file holds one prompt per line (a .jsonl file: one {"prompt": ...} object per line); --output-file receives
+one JSON object per generated sample: {"prompt", "sample", "completion"} — written to a temp file and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import SlmError, atomic_path
+from .sampling import SamplingConfig
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    d = SamplingConfig()
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir (or a run dir: its latest checkpoint)")
+    p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
+    p.add_argument("--prompt-file", default="", help="one prompt per line (or .jsonl with a 'prompt' field)")
+    p.add_argument("--output-file", default="", help="write samples as JSONL here")
+    p.add_argument("--interactive", action="store_true", help="read prompts from the terminal (/temp /topk /topp "
+                   "/max /quit)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="1.0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1.0 = off")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--num-samples", type=int, default=d.num_samples)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto")
+
+
+def _read_prompts(path: str) -> list[str]:
+    f = Path(path)
+    if not f.is_file():
+        raise SlmError(f"--prompt-file {path}: file not found")
+    lines = f.read_text(encoding="utf-8").splitlines()
+    if f.suffix != ".jsonl":
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(str(json.loads(line)["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SlmError(f"--prompt-file {path}:{n}: expected a JSON object with a 'prompt' field") from None
+    return prompts
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ..train import checkpoint as ckpt
+    from ..train.distributed import resolve_device
+    from .engine import generate
+    from .repl import TextStreamer, run_repl
+
+    cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                         num_samples=args.num_samples, seed=args.seed)
+    path = ckpt.resolve_checkpoint(args.checkpoint)
+    model, _ = ckpt.load_model(path, device=resolve_device(args.device))
+    tok = ckpt.load_tokenizer_of(path)
+    if tok is None:
+        raise SlmError(f"{path}: checkpoint has no tokenizer/; generate needs one to turn text into ids")
+    if args.interactive:
+        run_repl(model, tok, cfg)
+        return 0
+    prompts = (args.prompt or []) + (_read_prompts(args.prompt_file) if args.prompt_file else [])
+    if not prompts:
+        raise SlmError("slm generate: give --prompt TEXT, --prompt-file FILE or --interactive")
+    ids = [tok.encode(p) if p else [tok.eos_id] for p in prompts]
+    stream = len(prompts) == 1 and cfg.num_samples == 1 and not args.output_file
+    if stream:
+        streamer = TextStreamer(tok.decode)
+        sys.stdout.write(prompts[0])
+        def show(row: int, token: int) -> None:
+            sys.stdout.write(streamer.push(token))
+            sys.stdout.flush()
+
+        generate(model, ids, cfg, eos_id=tok.eos_id, on_token=show)
+        sys.stdout.write(streamer.finish() + "\n")
+        return 0
+    outs = generate(model, ids, cfg, eos_id=tok.eos_id)
+    records = [{"prompt": prompts[i // cfg.num_samples], "sample": i % cfg.num_samples,
+                "completion": tok.decode(o)} for i, o in enumerate(outs)]
+    if args.output_file:
+        with atomic_path(args.output_file) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        print(f"wrote {len(records)} samples to {args.output_file}")
+    else:
+        for r in records:
+            print(f"--- sample {r['sample']} ---\n{r['prompt']}{r['completion']}")
+    return 0

@@ -1,0 +1,158 @@
+"""Batched autoregressive generation on token ids with a static KV cache.
+
+Decisions:
+- Tokens in, tokens out: this module never sees text, so it is shared by the REPL, the HTTP server and evaluation
+  harnesses, whatever tokenizer they use.
+- Prompts of different lengths are LEFT-padded into one (B, P) batch. Then every row's next token sits in the last
+  column, the whole batch is prefilled with one forward pass and decoded one column per step, and the cache keeps one
+  shared write index (see `slm.model.cache`). The attention mask hides the padding and RoPE positions count only real
+  tokens, so a padded row produces the same tokens as the same prompt alone.
+- Rows that hit EOS stay in the batch, fed as masked padding, until every row is done (then the loop stops early).
+  Dropping them with `KVCache.reorder` would save compute on huge batches but would copy every cache layer and
+  renumber rows for `on_token`; for the interactive batch sizes this module serves, keeping them is simpler.
+- Context window: generation must fit in `model.cfg.max_seq_len` (RoPE tables and cache size). If a prompt plus
+  `max_new_tokens` does not fit, the prompt loses its OLDEST tokens (the recent ones matter most for a continuation),
+  but generation never reserves more than half the window, so a long prompt keeps at least half of its context. New
+  tokens then stop when the window is full, which can be before `max_new_tokens`. `fit_to_context` is the one rule,
+  used by both the cached and the naive path.
+- `generate_naive` re-runs the full forward pass over the whole sequence each step with no cache and no padding:
+  slow (quadratic) but obviously correct, the reference the tests hold the cached path to.
+- One `torch.Generator` seeded from `cfg.seed` drives all draws, so the same inputs and seed give the same samples.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import SlmError
+from ..model import KVCache
+from .sampling import SamplingConfig, sample_next, seen_mask
+
+OnToken = Callable[[int, int], None]  # (row, token): row indexes the expanded batch (prompt i, sample j -> i*n + j)
+
+
+def fit_to_context(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> tuple[int, int]:
+    """(tokens of the prompt to keep, from its end; tokens that may be generated) so that together they fit.
+
+    Generation reserves min(max_new_tokens, max_seq_len // 2) slots; the prompt keeps its last tokens up to the rest.
+    """
+    reserve = min(max_new_tokens, max_seq_len // 2)
+    keep = min(prompt_len, max_seq_len - reserve)
+    return keep, min(max_new_tokens, max_seq_len - keep)
+
+
+def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise SlmError(f"generate: prompt {i} is empty; give at least one token (e.g. the tokenizer's BOS)")
+        low, high = min(prompt), max(prompt)
+        if low < 0 or high >= vocab_size:
+            raise SlmError(f"generate: prompt {i} has token id {low if low < 0 else high} outside the model's "
+                           f"vocabulary [0, {vocab_size}); use the tokenizer the model was trained with")
+
+
+def _param(model: nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> ids (B, P) left-padded with token 0, and mask (B, P) True on real tokens."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = True
+    return ids.to(device), mask.to(device)
+
+
+def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
+             on_token: OnToken | None = None) -> list[list[int]]:
+    """Continue each prompt; returns only the new tokens, `cfg.num_samples` lists per prompt (prompt-major order).
+
+    A row stops at `eos_id` (not included) when `cfg.stop_at_eos`, at `cfg.max_new_tokens`, or when the context window
+    is full. `on_token(row, token)` is called once per kept token, in generation order, as soon as it is drawn.
+    """
+    if not prompts:
+        return []
+    max_seq_len, vocab_size = model.cfg.max_seq_len, model.cfg.vocab_size
+    _check_prompts(prompts, vocab_size)
+    rows = [list(p) for p in prompts for _ in range(cfg.num_samples)]
+    width, n_new = fit_to_context(max(len(r) for r in rows), cfg.max_new_tokens, max_seq_len)
+    rows = [r[-width:] for r in rows]  # the longest row decides the window; every row keeps its last `width` tokens
+    param = _param(model)
+    device = param.device
+    stop_id = eos_id if cfg.stop_at_eos else None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            ids, mask = _left_pad(rows, device)  # (B, P), (B, P)
+            B = ids.shape[0]
+            seen = seen_mask(ids.masked_fill(~mask, -1), vocab_size)  # (B, V) prompt tokens, for the penalty
+            cache = KVCache(model.cfg, B, width + n_new, dtype=param.dtype, device=device)
+            logits = model(ids, cache=cache, attention_mask=mask)[:, -1]  # (B, V)
+            return _decode_loop(model, cache, logits, seen, cfg, generator, n_new, stop_id, on_token)
+    finally:
+        model.train(was_training)
+
+
+def _decode_loop(model: nn.Module, cache: KVCache, logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+                 generator: torch.Generator, n_new: int, stop_id: int | None,
+                 on_token: OnToken | None) -> list[list[int]]:
+    B = logits.shape[0]
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    rows = torch.arange(B, device=logits.device)
+    for step in range(n_new):
+        token = sample_next(logits, cfg, generator, seen)  # (B,)
+        for row, tok in enumerate(token.tolist()):  # one host sync per step, needed to stream tokens anyway
+            if done[row]:
+                continue
+            if tok == stop_id:
+                done[row] = True
+                continue
+            out[row].append(tok)
+            if on_token is not None:
+                on_token(row, tok)
+        if all(done) or step == n_new - 1:
+            break
+        finished = torch.tensor(done, device=logits.device)  # (B,)
+        seen[rows, token] = True
+        # Finished rows are fed as padding: masked out of attention, and their logits are never read.
+        logits = model(token[:, None], cache=cache, attention_mask=~finished[:, None])[:, -1]  # (B, V)
+    return out
+
+
+def generate_naive(model: nn.Module, prompt: list[int], cfg: SamplingConfig, eos_id: int | None) -> list[int]:
+    """Reference for one prompt: a full forward pass over the whole sequence per token, no cache, no padding.
+
+    Same truncation, sampling and seed handling as `generate` (one sample; `cfg.num_samples` is ignored).
+    """
+    max_seq_len, vocab_size = model.cfg.max_seq_len, model.cfg.vocab_size
+    _check_prompts([prompt], vocab_size)
+    keep, n_new = fit_to_context(len(prompt), cfg.max_new_tokens, max_seq_len)
+    device = _param(model).device
+    seq = torch.tensor(prompt[-keep:], dtype=torch.long, device=device)[None]  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    stop_id = eos_id if cfg.stop_at_eos else None
+    out: list[int] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for _ in range(n_new):
+                logits = model(seq)[:, -1]  # (1, V)
+                token = sample_next(logits, cfg, generator, seq)  # history form of `seen`
+                if int(token) == stop_id:
+                    break
+                out.append(int(token))
+                seq = torch.cat([seq, token[:, None]], dim=1)
+    finally:
+        model.train(was_training)
+    return out

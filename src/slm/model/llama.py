@@ -1,0 +1,199 @@
+"""The Llama-family decoder: token embedding, N x (RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU), RMSNorm,
+output head. No biases anywhere.
+
+Decisions:
+- Parameter names and the RoPE layout (rotate-half, HF's convention) match transformers' `LlamaForCausalLM`, so export is
+  a renaming with no permutation of q/k weights, and HF checkpoints import the same way.
+- Attention is `F.scaled_dot_product_attention`: flash/memory-efficient kernels on CUDA, a fused kernel on CPU. The
+  training path passes `is_causal=True` (no mask tensor); the cached path passes an explicit boolean mask built by
+  `KVCache.reserve`, which also hides left padding. GQA expands K/V with `repeat_interleave` only when SDPA's
+  `enable_gqa` is unavailable.
+- `forward(..., return_hidden=True)` returns the final normalised hidden states so the loss can be computed in chunks
+  against `output_weight` without materialising (B, T, vocab) fp32 logits (see `slm.model.loss`).
+- This module knows nothing about tokenizers, data or training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .cache import KVCache
+from .config import ModelConfig
+from .loss import chunked_cross_entropy
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 even under autocast (as HF does); cast back before the weight multiply.
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_len, head_dim) for rotate-half RoPE, in fp32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D); cos/sin broadcastable to it: (T, D) or (B, 1, T, D)."""
+    d = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., d:], x[..., :d]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+_SDPA_HAS_GQA = "enable_gqa" in F.scaled_dot_product_attention.__doc__
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+                cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k.to(cache.k[layer].dtype), v.to(cache.v[layer].dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        gqa = self.n_heads != self.n_kv_heads
+        if gqa and not _SDPA_HAS_GQA:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            gqa = False
+        kwargs = {"enable_gqa": True} if gqa else {}
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, C)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
+        self.reset_parameters()
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """(vocab, d_model) matrix of the output head (the embedding when tied)."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers), generator=gen)
+            else:
+                nn.init.normal_(p, 0.0, std, generator=gen)
+        # Rebuild RoPE tables too: on a meta-device model they exist only after materialisation.
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None, return_hidden: bool = False,
+                targets: torch.Tensor | None = None, loss_chunk: int = 4096) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab) in the compute dtype, or normalised hidden (B, T, C), or with
+        `targets` (B, T) (already aligned: targets[:, t] is the token after input_ids[:, t]) the SUMMED next-token
+        cross-entropy over targets != IGNORE_INDEX, computed chunk-wise without materialising the logits.
+
+        Without a cache, the sequence starts at position 0 and attention is causal (training / scoring).
+        With a cache, tokens are appended after what it holds; `attention_mask` (B, T) marks real tokens (False = left
+        padding) and defaults to all-real.
+        """
+        B, T = input_ids.shape
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        if cache is None:
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+            positions, mask = cache.reserve(attention_mask.bool())  # (B, T), (B, 1, T, S)
+            if int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(layer, x, cos, sin, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, i, cache, mask)
+        x = self.norm(x)
+        if targets is not None:
+            return chunked_cross_entropy(x, self.output_weight, targets, chunk=loss_chunk, reduction="sum")
+        if return_hidden:
+            return x
+        return F.linear(x, self.output_weight)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,201 @@
+"""`slm run`: a recipe's whole pipeline — tokenizer, data, pretraining, eval, samples, HF export, report.
+
+Each stage writes into the run directory and is skipped on a re-run when its output exists and was made from the same
+settings (a stamp file holds a hash of the config section and inputs that produced it), so a crashed or extended run
+does not redo the tokenizer or the packing. Under torchrun only rank 0 prepares; the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, save_config
+from .data.corpora import resolve_input
+from .errors import SlmError, atomic_dir
+from .model.config import with_vocab
+from .train.distributed import DistInfo, barrier, init_distributed, shutdown
+
+STAMP = ".slm_stamp.json"
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stamp_matches(folder: Path, fingerprint: str) -> bool:
+    f = folder / STAMP
+    try:
+        return json.loads(f.read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def input_specs(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(path, glob) per configured input, builtin corpus names resolved."""
+    if not cfg.data.inputs:
+        raise SlmError("--data.inputs: no corpus given; pass files/folders, e.g. --data.inputs=[input.txt] or "
+                       "--data.inputs=[shakespeare]")
+    specs = []
+    for name in cfg.data.inputs:
+        path, glob = resolve_input(name)
+        specs.append((path, glob or cfg.data.glob))
+    return specs
+
+
+def _source_options(cfg: RunConfig) -> dict:
+    return dict(text_column=cfg.data.text_column or None, txt_split=cfg.data.txt_split,
+                on_decode_error=cfg.data.on_decode_error)
+
+
+def _iter_corpus_texts(cfg: RunConfig, max_bytes: int = 0):
+    from .data.sources import iter_documents
+
+    seen = 0
+    for path, glob in input_specs(cfg):
+        for _key, text in iter_documents(path, glob=glob, **_source_options(cfg)):
+            yield text
+            seen += len(text.encode("utf-8"))
+            if max_bytes and seen >= max_bytes:
+                return
+
+
+def build_tokenizer(cfg: RunConfig, progress: bool = True):
+    """Train (bpe), construct (byte) or load (pretrained) the run's tokenizer."""
+    from .tokenizer import byte_tokenizer, load_tokenizer, train_bpe
+
+    tc = cfg.tokenizer
+    if tc.kind == "byte":
+        return byte_tokenizer(extra_special_tokens=tc.extra_special_tokens)
+    if tc.kind == "pretrained":
+        return load_tokenizer(tc.path, extra_special_tokens=tc.extra_special_tokens)
+    return train_bpe(_iter_corpus_texts(cfg, tc.max_train_bytes), vocab_size=tc.vocab_size,
+                     min_frequency=tc.min_frequency, show_progress=progress,
+                     extra_special_tokens=tc.extra_special_tokens)
+
+
+def stage_tokenizer(cfg: RunConfig, out: Path, progress: bool = True):
+    from .tokenizer import load_tokenizer
+
+    fp = _fingerprint(dataclasses.asdict(cfg.tokenizer), cfg.data.inputs, _source_options(cfg), cfg.data.glob)
+    if (out / "tokenizer.json").is_file() and _stamp_matches(out, fp):
+        return load_tokenizer(out)
+    tok = build_tokenizer(cfg, progress)
+    with atomic_dir(out) as tmp:
+        tok.save(tmp)
+        (tmp / STAMP).write_text(json.dumps({"fingerprint": fp}))
+    return load_tokenizer(out)
+
+
+def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True) -> Path:
+    from .data.pack import prepare_dataset
+
+    fp = _fingerprint(tokenizer.hash(), input_specs(cfg), _source_options(cfg), cfg.data.val_fraction, cfg.run.seed)
+    if (out / "manifest.json").is_file() and _stamp_matches(out, fp):
+        return out
+    specs = input_specs(cfg)
+    globs = {g for _, g in specs}
+    if len(globs) > 1:
+        raise SlmError("--data.inputs: inputs need different file globs (a builtin corpus mixed with folders); "
+                       "prepare them separately or list files explicitly")
+    prepare_dataset([p for p, _ in specs], tokenizer, str(out), val_fraction=cfg.data.val_fraction,
+                    seed=cfg.run.seed, num_workers=cfg.data.num_workers, glob=globs.pop(), progress=progress,
+                    **_source_options(cfg))
+    (out / STAMP).write_text(json.dumps({"fingerprint": fp}))
+    return out
+
+
+def make_sample_fn(cfg: RunConfig, tokenizer, max_new_tokens: int | None = None):
+    """A callable(model, step) -> list of sample texts for the configured prompts."""
+    from .generate.engine import generate
+
+    base = dataclasses.replace(cfg.sample, max_new_tokens=max_new_tokens or cfg.sample.max_new_tokens)
+
+    def sample(model, step: int) -> list[str]:
+        was_training = model.training
+        prompts = [tokenizer.encode(p) if p else [tokenizer.eos_id] for p in cfg.sample.prompts]
+        outs = generate(model, prompts, base, eos_id=tokenizer.eos_id)
+        model.train(was_training)
+        texts = []
+        for i, out in enumerate(outs):
+            prompt = cfg.sample.prompts[i // base.num_samples]
+            texts.append(prompt + tokenizer.decode(out))
+        return texts
+
+    return sample
+
+
+def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None = None) -> dict:
+    """Run every stage of a recipe; returns a summary dict (also written to <run dir>/summary.json)."""
+    from .data.loader import TokenDataset
+    from .report import write_report
+    from .train import checkpoint as ckpt
+    from .train.pretrain import PretrainTask
+    from .train.trainer import resolve_precision, train
+
+    t_start = time.perf_counter()
+    dist = dist or init_distributed(cfg.run.device)
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    if dist.is_main:
+        stage_tokenizer(cfg, run_dir / "tokenizer", progress)
+    barrier(dist)
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    timings["tokenizer_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    data_dir = Path(cfg.data.prepared_dir) if cfg.data.prepared_dir else run_dir / "data"
+    if dist.is_main and not cfg.data.prepared_dir:
+        stage_data(cfg, tokenizer, data_dir, progress)
+    barrier(dist)
+    dataset = TokenDataset(str(data_dir))
+    timings["data_s"] = time.perf_counter() - t
+
+    cfg.model = with_vocab(cfg.model, tokenizer.vocab_size)
+    dataset.check_vocab(cfg.model.vocab_size)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    autocast_dtype, _ = resolve_precision(cfg.train.precision, dist.device)
+    task = PretrainTask(dataset, tokenizer.token_byte_lengths(), cfg, autocast_dtype)
+
+    t = time.perf_counter()
+    result = train(cfg, task, tokenizer=tokenizer, dist=dist, progress=progress,
+                   sample_fn=make_sample_fn(cfg, tokenizer, max_new_tokens=min(cfg.sample.max_new_tokens, 64)))
+    timings["train_s"] = time.perf_counter() - t
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": result.step, "tok_per_s": result.tok_per_s,
+                               "skipped_steps": result.skipped_steps, "checkpoint": str(result.checkpoint),
+                               "best_checkpoint": str(result.best_checkpoint)}
+    if dist.is_main:
+        t = time.perf_counter()
+        model, _ = ckpt.load_model(result.checkpoint, device=dist.device)
+        final = task.evaluate(model, cfg.eval.seq_len or cfg.train.phase_list()[-1].seq_len, cfg.eval.max_batches)
+        summary["val"] = final
+        timings["eval_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        summary["samples"] = make_sample_fn(cfg, tokenizer)(model, result.step)
+        timings["sample_s"] = time.perf_counter() - t
+        if cfg.export.hf:
+            from .export.hf import export_hf
+
+            t = time.perf_counter()
+            summary["hf_dir"] = str(export_hf(result.checkpoint, run_dir / "hf", dtype=cfg.export.dtype))
+            timings["export_s"] = time.perf_counter() - t
+        summary["timings"] = {**timings, "total_s": time.perf_counter() - t_start}
+        summary["params"] = model.num_parameters()
+        summary["torch"] = torch.__version__
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        summary["report"] = str(write_report(run_dir, summary))
+    barrier(dist)
+    shutdown(dist)
+    return summary

@@ -1,0 +1,105 @@
+"""Run report: Markdown with PNG plots of loss, bits-per-byte, learning rate and throughput, plus the samples.
+
+Everything in it is read back from the run's own files (metrics.jsonl, summary.json, config.yaml), so a report can be
+regenerated for any finished run (`slm report RUN_DIR`) and never contains a typed-in figure. matplotlib runs on the
+Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import atomic_write_text
+from .train.metrics import MetricsLogger
+
+
+def _plot(path: Path, title: str, series: list[tuple[str, list[int], list[float]]], ylabel: str,
+          logy: bool = False) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [s for s in series if s[1]]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for label, xs, ys in series:
+        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
+    rows = [(r["step"], r[key]) for r in records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
+    return [s for s, _ in rows], [v for _, v in rows]
+
+
+def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
+    """Write <run dir>/report.md and its plots; returns the report path."""
+    run_dir = Path(run_dir)
+    records = MetricsLogger.read_jsonl(run_dir / "metrics.jsonl")
+    if summary is None and (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    summary = summary or {}
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    made = []
+    if _plot(plots / "loss.png", "loss", [("train", *_series(records, "train", "loss")),
+                                          ("val", *_series(records, "eval", "loss"))], "nats/token"):
+        made.append(("Loss", "plots/loss.png"))
+    if _plot(plots / "bpb.png", "validation bits per byte", [("val", *_series(records, "eval", "bpb"))], "bpb"):
+        made.append(("Validation bits per byte", "plots/bpb.png"))
+    if _plot(plots / "lr.png", "learning rate", [("lr", *_series(records, "train", "lr"))], "lr"):
+        made.append(("Learning rate", "plots/lr.png"))
+    if _plot(plots / "throughput.png", "throughput", [("tokens/s", *_series(records, "train", "tok_per_s"))],
+             "tokens/s"):
+        made.append(("Throughput", "plots/throughput.png"))
+    for key in ("reward_mean", "accuracy"):
+        if _plot(plots / f"{key}.png", key, [(key, *_series(records, "train", key))], key):
+            made.append((key, f"plots/{key}.png"))
+
+    lines = [f"# Run report: {run_dir.name}", ""]
+    val = summary.get("val") or {}
+    if summary:
+        lines += ["| metric | value |", "|---|---|"]
+        rows = [("steps", summary.get("steps")), ("parameters", summary.get("params")),
+                ("val loss", val.get("loss")), ("val perplexity", val.get("perplexity")),
+                ("val bits/byte", val.get("bpb")), ("val accuracy", val.get("accuracy")),
+                ("val top-5 accuracy", val.get("top5_accuracy")),
+                ("training tokens/s (median)", summary.get("tok_per_s")),
+                ("skipped steps", summary.get("skipped_steps"))]
+        rows += [(f"time: {k}", v) for k, v in (summary.get("timings") or {}).items()]
+        for name, value in rows:
+            if value is None:
+                continue
+            shown = f"{value:,.4f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else value)
+            lines.append(f"| {name} | {shown} |")
+        lines.append("")
+    for title, rel in made:
+        lines += [f"## {title}", "", f"![{title}]({rel})", ""]
+    samples = summary.get("samples") or []
+    in_training = [r for r in records if r.get("kind") == "sample"]
+    if samples or in_training:
+        lines += ["## Samples", ""]
+        for text in samples:
+            lines += ["```text", str(text), "```", ""]
+        if in_training:
+            lines += ["### During training", ""]
+            for r in in_training[-6:]:
+                lines += [f"step {r['step']}:", "```text", str(r.get("text", "")), "```", ""]
+    if (run_dir / "config.yaml").is_file():
+        lines += ["## Resolved config", "", "```yaml", (run_dir / "config.yaml").read_text().rstrip(), "```", ""]
+    out = run_dir / "report.md"
+    atomic_write_text(out, "\n".join(lines))
+    return out

@@ -1,0 +1,77 @@
+"""Optimizers: AdamW, or Muon for 2-D hidden weights with AdamW for the rest.
+
+Muon (torch.optim.Muon, orthogonalised momentum) only suits matrices acting on hidden states; embeddings, the output
+head and norm gains go to AdamW, as Keller Jordan's recipe and SLMS do. The two optimizers sit behind one small object
+with the torch optimizer interface the trainer uses (step, zero_grad, param_groups, state_dict), so the loop does not
+branch on the choice. Every param group records its peak lr in "peak_lr"; the schedule multiplies it each step.
+Weight decay applies to matrices only — never to norm gains.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TrainConfig
+
+
+def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # fused kernels exist for CUDA and CPU in torch >= 2.4; they are faster and deterministic.
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+class OptimizerSet:
+    """One or two torch optimizers presented as one."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def set_lr_multiplier(self, mult: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = g["peak_lr"] * mult
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, this run uses {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> OptimizerSet:
+    device = next(model.parameters()).device
+    decay, no_decay, hidden_2d = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_io = name.startswith(("embed_tokens", "lm_head"))
+        if p.dim() >= 2 and cfg.optimizer == "muon" and not is_io:
+            hidden_2d.append(p)
+        elif p.dim() >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [g for g in (
+        {"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
+        {"params": no_decay, "weight_decay": 0.0, "peak_lr": cfg.lr},
+    ) if g["params"]]
+    optimizers: dict[str, torch.optim.Optimizer] = {"adamw": _adamw(groups, cfg, device)}
+    if hidden_2d:
+        optimizers["muon"] = torch.optim.Muon(
+            [{"params": hidden_2d, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum, nesterov=True)
+    return OptimizerSet(optimizers)

@@ -1,0 +1,313 @@
+"""The one training loop — pretraining and every post-training method run through `train()`.
+
+What varies between methods is a `Task`: it makes the (resumable, rank-aware) batch iterator of a phase, counts the
+loss targets of a batch and returns the summed loss of a batch. The loop owns everything else: curriculum phases,
+gradient accumulation, precision, clipping, non-finite skipping, the lr schedule, eval, samples, checkpoints, resume,
+metrics and progress.
+
+Decisions:
+- Loss normalisation: each optimizer step divides the summed loss by the number of targets in the whole global batch
+  (all micro-batches, all ranks), counted before the forward passes. So 4 x 2 accumulation equals 1 x 8 exactly up to
+  float summation order, also when micro-batches hold different numbers of targets (SFT masks), and DDP's gradient
+  averaging is undone by a world-size factor.
+- A step whose loss or grad norm is not finite is skipped: its gradients are dropped, its batches are consumed, the
+  step counter (and so the lr schedule) does not advance. It is logged with kind="skip", and the run aborts after
+  `max_skipped_steps` consecutive skips instead of spinning forever.
+- Exact resume: checkpoints hold model, optimizer, data-loader position, step/phase and RNG states, and the schedule is
+  a pure function of the step; on CPU N + resume + M steps equals N + M steps bitwise (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from tqdm import tqdm
+
+from ..config import PhaseConfig, RunConfig, save_config
+from ..errors import SlmError
+from ..model import Transformer, model_flops_per_token
+from . import checkpoint as ckpt
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .metrics import MetricsLogger, peak_flops
+from .optim import build_optimizer
+from .schedule import lr_multiplier
+
+
+class ResumableIterator(Protocol):
+    def __iter__(self) -> Iterator[Any]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Task(Protocol):
+    """What a training method supplies to the loop."""
+
+    def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> ResumableIterator: ...
+    def count(self, batch: Any) -> int: ...  # loss targets in a batch (the normaliser)
+    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor: ...  # summed loss
+    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict: ...  # val metrics (may be {})
+    def tokens(self, batch: Any) -> int: ...  # tokens processed (throughput)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict]
+    final_eval: dict
+    checkpoint: Path | None
+    best_checkpoint: Path | None
+    tok_per_s: float
+    skipped_steps: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether to use a GradScaler)."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+            name = "bf16" if amx else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise SlmError("--train.precision=fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
+
+
+def _set_threads(cfg: RunConfig, dist: DistInfo) -> None:
+    if dist.device.type == "cpu":
+        n = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        torch.set_num_threads(n)
+
+
+def _resume_path(cfg: RunConfig) -> Path | None:
+    if not cfg.train.resume:
+        return None
+    if cfg.train.resume == "auto":
+        found = ckpt.list_checkpoints(cfg.run_dir())
+        return found[-1] if found else None
+    return Path(cfg.train.resume)
+
+
+def _check_same_model(cfg: RunConfig, path: Path) -> None:
+    saved = ckpt.load_config(path).model.to_dict()
+    mine = cfg.model.to_dict()
+    diff = [k for k in mine if k not in ("preset", "init_std") and saved.get(k) != mine[k]]
+    if diff:
+        k = diff[0]
+        raise SlmError(f"{path}: checkpoint model differs from this config ({', '.join(f'model.{d}' for d in diff)}; "
+                       f"e.g. {k}={saved.get(k)!r} vs {mine[k]!r}); resume with the checkpoint's config.yaml "
+                       f"or start a new run dir")
+
+
+def build_fresh_model(cfg: RunConfig, device: torch.device) -> Transformer:
+    if cfg.model.vocab_size <= 0:
+        raise SlmError("--model.vocab_size is 0 (auto) but no tokenizer filled it in; set it explicitly")
+    torch.manual_seed(cfg.run.seed)
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    model.to_empty(device=device)
+    model.reset_parameters(seed=cfg.run.seed)
+    return model
+
+
+def _global_tokens(task: Task, micro: list, dist: DistInfo, device: torch.device) -> int:
+    n = torch.tensor(float(sum(task.count(b) for b in micro)), dtype=torch.float64)
+    return int(all_reduce_sum(n, dist).item())
+
+
+def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transformer | None = None,
+          dist: DistInfo | None = None, progress: bool = True,
+          sample_fn: Callable[[Transformer, int], list[str]] | None = None) -> TrainResult:
+    """Run (or resume) training as configured; returns the history and where the checkpoints went."""
+    dist = dist or init_distributed(cfg.run.device)
+    device = dist.device
+    _set_threads(cfg, dist)
+    tc = cfg.train
+    run_dir = cfg.run_dir()
+    autocast_dtype, use_scaler = resolve_precision(tc.precision, device)
+
+    resume_from = _resume_path(cfg)
+    if resume_from is not None:
+        _check_same_model(cfg, resume_from)
+    if model is None:
+        model = build_fresh_model(cfg, device)
+        init = resume_from or (Path(tc.init_from) if tc.init_from else None)
+        if init is not None:
+            if resume_from is None:
+                init_cfg = ckpt.load_config(init).model.to_dict()
+                bad = [k for k in init_cfg if k not in ("preset", "init_std") and init_cfg[k] != cfg.model.to_dict()[k]]
+                if bad:
+                    raise SlmError(f"--train.init_from={init}: its model differs in {', '.join(bad)}; use its config")
+            model.load_state_dict(ckpt.load_state_dict(init))
+    model.to(device)
+    model.gradient_checkpointing = tc.activation_checkpointing
+    model.train()
+    optimizer = build_optimizer(model, tc)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    phases = tc.phase_list()
+    bounds = [sum(p.steps for p in phases[: i + 1]) for i in range(len(phases))]
+    total_steps = bounds[-1]
+    state: dict[str, Any] = {"step": 0, "phase": 0, "loader": None, "best_val": math.inf, "best_path": None,
+                             "tokens": 0}
+    if resume_from is not None:
+        opt_state, saved = ckpt.load_training_state(resume_from)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except ValueError as exc:
+            raise SlmError(f"{resume_from}: optimizer state does not match --train.optimizer ({exc})") from None
+        state.update({k: saved[k] for k in state if k in saved})
+        torch.set_rng_state(saved["rng_cpu"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+
+    train_model: torch.nn.Module = model
+    if tc.compile:
+        train_model = torch.compile(model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    logger = MetricsLogger(run_dir, enabled=dist.is_main, tensorboard=tc.tensorboard,
+                           wandb_cfg={"project": tc.wandb_project, "name": cfg.run.name, "config": cfg.to_dict()}
+                           if tc.wandb and dist.is_main else None,
+                           resume_step=state["step"] if resume_from is not None else None)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    peak = peak_flops(device, autocast_dtype or torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+
+    step = state["step"]
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and dist.is_main), unit="step",
+               dynamic_ncols=True, desc=cfg.run.name)
+    rates: list[float] = []
+    consecutive_skips = skipped = 0
+    last_eval: dict = {}
+    last_ckpt: Path | None = None
+
+    def do_eval(phase: PhaseConfig) -> dict:
+        seq = cfg.eval.seq_len or phase.seq_len
+        metrics = task.evaluate(model, seq, tc.eval_batches)
+        if metrics:
+            logger.log("eval", step, **metrics)
+        return metrics
+
+    def do_checkpoint(phase_idx: int, loader_state: dict | None, val: dict) -> Path:
+        nonlocal last_ckpt
+        path = run_dir / "checkpoints" / f"step_{step:06d}"
+        val_loss = val.get("loss", math.inf) if val else math.inf
+        if val_loss < state["best_val"]:
+            state["best_val"], state["best_path"] = val_loss, str(path)
+        trainer_state = {"step": step, "phase": phase_idx, "loader": loader_state, "best_val": state["best_val"],
+                         "best_path": state["best_path"], "tokens": state["tokens"], "rng_cpu": torch.get_rng_state(),
+                         "scaler": scaler.state_dict() if scaler is not None else None}
+        if dist.is_main:
+            ckpt.save_checkpoint(path, model=model, config=cfg, tokenizer=tokenizer,
+                                 optimizer_state=optimizer.state_dict(), trainer_state=trainer_state,
+                                 extra_meta={"val": val})
+            ckpt.prune_checkpoints(run_dir, tc.keep_last, Path(state["best_path"]) if state["best_path"] else None)
+        barrier(dist)
+        last_ckpt = path
+        return path
+
+    try:
+        for phase_idx, phase in enumerate(phases):
+            if step >= bounds[phase_idx]:
+                continue
+            loader = task.loader(phase, dist, cfg.run.seed + phase_idx)
+            if state["loader"] is not None and state["phase"] == phase_idx:
+                loader.load_state_dict(state["loader"])
+            batches = iter(loader)
+            flops_per_token = model_flops_per_token(cfg.model, phase.seq_len)
+            while step < bounds[phase_idx]:
+                t0 = time.perf_counter()
+                mult = lr_multiplier(step, total_steps, kind=tc.schedule, warmup_steps=tc.warmup_steps,
+                                     min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
+                optimizer.set_lr_multiplier(mult)
+                micro = [next(batches) for _ in range(tc.grad_accum)]
+                n_targets = max(_global_tokens(task, micro, dist, device), 1)
+                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                for i, batch in enumerate(micro):
+                    sync_ctx = (train_model.no_sync() if dist.enabled and i < len(micro) - 1
+                                else contextlib.nullcontext())
+                    with sync_ctx:
+                        with autocast:
+                            summed = task.loss(train_model, batch, tc.loss_chunk)
+                        loss = summed * (dist.world_size / n_targets)
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    loss_sum += summed.detach().double()
+                loss_val = all_reduce_sum(loss_sum, dist).item() / n_targets
+                if scaler is not None:
+                    for opt in optimizer.optimizers.values():
+                        scaler.unscale_(opt)
+                gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+                gnorm_val = float(gnorm)
+                tokens = sum(task.tokens(b) for b in micro) * dist.world_size
+                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.update()
+                    skipped += 1
+                    consecutive_skips += 1
+                    logger.log("skip", step, loss=loss_val, grad_norm=gnorm_val)
+                    if consecutive_skips > tc.max_skipped_steps:
+                        raise SlmError(f"{consecutive_skips} consecutive non-finite steps at step {step}; lower "
+                                       f"--train.lr or use --train.precision=fp32")
+                    continue
+                consecutive_skips = 0
+                if scaler is not None:
+                    for opt in optimizer.optimizers.values():
+                        scaler.step(opt)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state["tokens"] += tokens
+                dt = time.perf_counter() - t0
+                tok_s = tokens / dt
+                rates.append(tok_s)
+                mfu = flops_per_token * tok_s / (peak * dist.world_size)
+                lr = optimizer.param_groups[0]["lr"]
+                record = dict(loss=loss_val, lr=lr, grad_norm=gnorm_val, tok_per_s=tok_s, mfu=mfu,
+                              tokens=state["tokens"], seq_len=phase.seq_len, phase=phase_idx)
+                if step % tc.log_every == 0 or step == total_steps or step == 1:
+                    logger.log("train", step, **record)
+                else:
+                    logger.history.append({"kind": "train", "step": step, **record})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
+                                refresh=False)
+                last = step == total_steps
+                if (tc.eval_every and step % tc.eval_every == 0) or last:
+                    last_eval = do_eval(phase)
+                if sample_fn is not None and tc.sample_every and step % tc.sample_every == 0 and dist.is_main:
+                    for text in sample_fn(model, step):
+                        logger.log("sample", step, text=text)
+                        bar.write(f"[step {step}] {text!r}")
+                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or last:
+                    val = last_eval if last_eval and logger.history and _evaluated_at(logger, step) else do_eval(phase)
+                    do_checkpoint(phase_idx, loader.state_dict() if step < bounds[phase_idx] else None, val)
+    finally:
+        bar.close()
+        logger.close()
+    steady = rates[len(rates) // 5:] or rates
+    return TrainResult(step=step, history=logger.history, final_eval=last_eval, checkpoint=last_ckpt,
+                       best_checkpoint=Path(state["best_path"]) if state["best_path"] else None,
+                       tok_per_s=statistics.median(steady) if steady else 0.0, skipped_steps=skipped)
+
+
+def _evaluated_at(logger: MetricsLogger, step: int) -> bool:
+    return any(r["kind"] == "eval" and r["step"] == step for r in reversed(logger.history[-5:]))
