@@ -41,7 +41,7 @@ def _stream(out: Path, split: str) -> np.ndarray:
 def _split_docs(stream: np.ndarray, tok: Tokenizer) -> list[str]:
     ends = np.flatnonzero(stream == tok.eos_id)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    return [tok.decode(stream[s:e]) for s, e in zip(starts, ends)]
+    return [tok.decode(stream[s:e]) for s, e in zip(starts, ends, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,11 @@ def test_stream_is_documents_plus_eos_and_split_is_by_content(tmp_path: Path, co
             assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "slm-tokens-v1" and manifest["dtype"] == "uint16"
-    assert (manifest["vocab_size"], manifest["eos_id"], manifest["tokenizer_hash"]) == (tok.vocab_size, tok.eos_id, tok.hash())
+    assert (manifest["vocab_size"], manifest["eos_id"], manifest["tokenizer_hash"]) == (
+        tok.vocab_size,
+        tok.eos_id,
+        tok.hash(),
+    )
     assert len(manifest["sources"]) == 43
     first = manifest["sources"][0]
     assert first["sha256"] == hashlib.sha256(Path(first["path"]).read_bytes()).hexdigest()
@@ -95,7 +99,9 @@ def test_one_and_two_workers_write_identical_files(tmp_path: Path, corpus: Path,
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        prepare_dataset([str(corpus)], bpe, str(out), val_fraction=0.2, num_workers=workers, shard_tokens=200, progress=False)
+        prepare_dataset(
+            [str(corpus)], bpe, str(out), val_fraction=0.2, num_workers=workers, shard_tokens=200, progress=False
+        )
         outs.append(out)
     names = sorted(p.name for p in outs[0].iterdir())
     assert names == sorted(p.name for p in outs[1].iterdir())
@@ -105,7 +111,9 @@ def test_one_and_two_workers_write_identical_files(tmp_path: Path, corpus: Path,
 
 
 def test_shards_respect_shard_tokens(tmp_path: Path, corpus: Path) -> None:
-    manifest = prepare_dataset([str(corpus)], byte_tokenizer(), str(tmp_path / "o"), shard_tokens=100, num_workers=1, progress=False)
+    manifest = prepare_dataset(
+        [str(corpus)], byte_tokenizer(), str(tmp_path / "o"), shard_tokens=100, num_workers=1, progress=False
+    )
     sizes = [s["tokens"] for s in manifest["splits"]["train"]["shards"]]
     assert all(n == 100 for n in sizes[:-1]) and 0 < sizes[-1] <= 100
     assert [s["file"] for s in manifest["splits"]["train"]["shards"]][:2] == ["train_00000.bin", "train_00001.bin"]
@@ -175,7 +183,10 @@ def test_stats_on_prepared_and_raw(tmp_path: Path, corpus: Path) -> None:
     assert got == len(docs)
     assert stats["splits"]["train"]["tokens"] == manifest["splits"]["train"]["tokens"]
     raw = dataset_stats(str(corpus), tok)
-    assert raw["splits"]["all"]["doc_tokens"]["min"] == lengths[0] and raw["splits"]["all"]["doc_tokens"]["max"] == lengths[-1]
+    assert (
+        raw["splits"]["all"]["doc_tokens"]["min"] == lengths[0]
+        and raw["splits"]["all"]["doc_tokens"]["max"] == lengths[-1]
+    )
     assert raw["splits"]["all"]["bytes_per_token"] == pytest.approx(1.0)
     assert raw["splits"]["all"]["tokens"] == sum(lengths) + len(docs)
     table = format_stats(stats)

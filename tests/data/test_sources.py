@@ -55,12 +55,17 @@ def test_folder_is_recursive_sorted_one_doc_per_file(tmp_path: Path) -> None:
     assert stats == {"empty_docs": 1}
     # An explicit glob reads every match, files without a known extension as text.
     assert _docs(tmp_path, glob="noext") == [("noext", "fortune")]
-    assert _docs(tmp_path, glob="*.txt", txt_split="paragraph") == [("b.txt#para1", "bee"), ("b.txt#para2", "still bee")]
+    assert _docs(tmp_path, glob="*.txt", txt_split="paragraph") == [
+        ("b.txt#para1", "bee"),
+        ("b.txt#para2", "still bee"),
+    ]
     assert [p.name for p in list_source_files(tmp_path, "*.md")] == ["a.md"]
 
 
 def test_jsonl_column_detection(tmp_path: Path) -> None:
-    texts = _write_jsonl(tmp_path / "t.jsonl", [{"id": 1, "text": "alpha", "title": "x"}, {"id": 2, "text": "beta", "title": "y"}])
+    texts = _write_jsonl(
+        tmp_path / "t.jsonl", [{"id": 1, "text": "alpha", "title": "x"}, {"id": 2, "text": "beta", "title": "y"}]
+    )
     assert _docs(texts) == [("t.jsonl:1", "alpha"), ("t.jsonl:2", "beta")]
     content = _write_jsonl(tmp_path / "c.jsonl", [{"meta": "m", "content": "gamma"}])
     assert _docs(content) == [("c.jsonl:1", "gamma")]
@@ -136,7 +141,9 @@ def test_non_utf8_replace_and_skip(tmp_path: Path) -> None:
     stats = {}
     assert len(_docs(lines, stats=stats)) == 3 and stats == {"replaced_docs": 2}
     stats = {}
-    assert _docs(lines, on_decode_error="skip", stats=stats) == [("lines.jsonl:1", "ok")] and stats == {"skipped_docs": 2}
+    assert _docs(lines, on_decode_error="skip", stats=stats) == [("lines.jsonl:1", "ok")] and stats == {
+        "skipped_docs": 2
+    }
     with pytest.raises(SlmError, match="on_decode_error"):
         _docs(txt, on_decode_error="ignore")
 

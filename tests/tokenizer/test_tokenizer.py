@@ -113,7 +113,11 @@ def test_token_byte_lengths_sum_to_utf8_length(text: str, bpe: Tokenizer, byte: 
 def test_save_loads_in_transformers(tmp_path, bpe: Tokenizer) -> None:
     transformers = pytest.importorskip("transformers")
     bpe.save(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} >= {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
     auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     for text in SAMPLES:
@@ -147,7 +151,9 @@ def _gpt2_like_hf_tokenizer() -> HFTokenizer:
     inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     inner.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     inner.train_from_iterator(_corpus(), trainer=trainer)
@@ -188,7 +194,9 @@ def test_load_drops_bos_adding_post_processor(tmp_path) -> None:
 
     inner = _gpt2_like_hf_tokenizer()
     eot = inner.token_to_id("<|endoftext|>")
-    inner.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eot)])
+    inner.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eot)]
+    )
     inner.save(str(tmp_path / "tokenizer.json"))
     tok = load_tokenizer(tmp_path / "tokenizer.json")
     assert tok.encode("hello") == inner.encode("hello", add_special_tokens=False).ids

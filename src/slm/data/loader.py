@@ -20,9 +20,9 @@ Design decisions
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -165,9 +165,18 @@ class BatchLoader:
         prefetch: bool = True,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise SlmError(f"batch loader: need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+            raise SlmError(
+                f"batch loader: need batch_size >= 1 and 0 <= rank < world_size "
+                f"(got batch_size={batch_size}, rank={rank}, world_size={world_size})"
+            )
         self.dataset, self.split = dataset, split
-        self.batch_size, self.seed, self.rank, self.world_size, self.shuffle = batch_size, seed, rank, world_size, shuffle
+        self.batch_size, self.seed, self.rank, self.world_size, self.shuffle = (
+            batch_size,
+            seed,
+            rank,
+            world_size,
+            shuffle,
+        )
         self.epoch, self.cursor = 0, 0
         self._orders: dict[tuple[int, int], torch.Tensor] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-prefetch") if prefetch else None
@@ -187,8 +196,8 @@ class BatchLoader:
         rows = self.dataset.num_rows(self.split, seq_len)
         if rows < self.global_batch:
             raise SlmError(
-                f"{self.dataset.path}: split {self.split!r} has {rows} rows of seq_len={seq_len}, fewer than one global "
-                f"batch of {self.global_batch}; lower batch_size/seq_len or add data"
+                f"{self.dataset.path}: split {self.split!r} has {rows} rows of seq_len={seq_len}, "
+                f"fewer than one global batch of {self.global_batch}; lower batch_size/seq_len or add data"
             )
         self.seq_len, self.num_rows = seq_len, rows
         self._orders.clear()

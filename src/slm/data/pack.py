@@ -24,8 +24,8 @@ import json
 import multiprocessing
 import os
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -124,7 +124,9 @@ def _iter_all_documents(inputs: list[str], options: dict, stats: dict | None) ->
             yield text
 
 
-def _assign_splits(inputs: list[str], options: dict, val_fraction: float, seed: int, stats: dict) -> tuple[list[bool], array]:
+def _assign_splits(
+    inputs: list[str], options: dict, val_fraction: float, seed: int, stats: dict
+) -> tuple[list[bool], array]:
     """First pass: which documents go to val, and each document's UTF-8 size."""
     hashes, sizes = array("Q"), array("Q")
     for text in _iter_all_documents(inputs, options, stats):
@@ -236,7 +238,7 @@ def prepare_dataset(
     splits = {
         name: {
             "documents": sum(1 for v in is_val if v == (name == "val")),
-            "bytes": sum(s for s, v in zip(sizes, is_val) if v == (name == "val")),
+            "bytes": sum(s for s, v in zip(sizes, is_val, strict=True) if v == (name == "val")),
             "tokens": 0,
             "shards": [],
         }

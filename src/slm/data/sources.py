@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from slm.errors import SlmError
 
@@ -93,7 +93,9 @@ def _split_text(raw: bytes, mode: str) -> Iterator[tuple[str, bytes]]:
             yield f"#line{i}", line
 
 
-def _iter_text_file(path: Path, key: str, mode: str, on_decode_error: str, stats: dict | None) -> Iterator[tuple[str, str]]:
+def _iter_text_file(
+    path: Path, key: str, mode: str, on_decode_error: str, stats: dict | None
+) -> Iterator[tuple[str, str]]:
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -111,7 +113,9 @@ def _pick_column(names: list[str], string_names: list[str], text_column: str | N
     """The text column: the one asked for, else the first well-known name, else the only string column."""
     if text_column is not None:
         if text_column not in names:
-            raise SlmError(f"{where}: no column {text_column!r} (columns: {', '.join(names)}); set text_column to one of them")
+            raise SlmError(
+                f"{where}: no column {text_column!r} (columns: {', '.join(names)}); set text_column to one of them"
+            )
         return text_column
     for name in TEXT_COLUMN_CANDIDATES:
         if name in names:
@@ -152,7 +156,9 @@ def _json_records(path: Path, on_decode_error: str, stats: dict | None) -> Itera
                 raise SlmError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or delete that line") from None
 
 
-def _iter_json_file(path: Path, key: str, text_column: str | None, on_decode_error: str, stats: dict | None) -> Iterator[tuple[str, str]]:
+def _iter_json_file(
+    path: Path, key: str, text_column: str | None, on_decode_error: str, stats: dict | None
+) -> Iterator[tuple[str, str]]:
     column: str | None = None
     for lineno, record in _json_records(path, on_decode_error, stats):
         where = f"{path}:{lineno}"
@@ -162,12 +168,17 @@ def _iter_json_file(path: Path, key: str, text_column: str | None, on_decode_err
             strings = [k for k, v in record.items() if isinstance(v, str)]
             column = _pick_column(list(record), strings, text_column, where)
         if column not in record:
-            raise SlmError(f"{where}: record has no {column!r} field (fields: {', '.join(record)}); set text_column or fix the line")
+            raise SlmError(
+                f"{where}: record has no {column!r} field (fields: {', '.join(record)}); "
+                "set text_column or fix the line"
+            )
         value = record[column]
         if value is None:
             value = ""
         if not isinstance(value, str):
-            raise SlmError(f"{where}: field {column!r} is {type(value).__name__}, not text; set text_column to a text field")
+            raise SlmError(
+                f"{where}: field {column!r} is {type(value).__name__}, not text; set text_column to a text field"
+            )
         if not value.strip():
             _count(stats, "empty_docs")
             continue
@@ -188,7 +199,9 @@ def _iter_parquet_file(path: Path, key: str, text_column: str | None, stats: dic
     strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     column = _pick_column(schema.names, strings, text_column, str(path))
     if column not in strings:
-        raise SlmError(f"{path}: column {column!r} is {schema.field(column).type}, not text; set text_column to a text column")
+        raise SlmError(
+            f"{path}: column {column!r} is {schema.field(column).type}, not text; set text_column to a text column"
+        )
     row = 0
     for batch in parquet.iter_batches(columns=[column]):
         for value in batch.column(0).to_pylist():
@@ -216,7 +229,9 @@ def iter_documents(
     if txt_split not in TXT_SPLITS:
         raise SlmError(f"txt_split={txt_split!r} is not one of {', '.join(TXT_SPLITS)}; pick one of them")
     if on_decode_error not in DECODE_POLICIES:
-        raise SlmError(f"on_decode_error={on_decode_error!r} is not one of {', '.join(DECODE_POLICIES)}; pick one of them")
+        raise SlmError(
+            f"on_decode_error={on_decode_error!r} is not one of {', '.join(DECODE_POLICIES)}; pick one of them"
+        )
     root = Path(path)
     files = list_source_files(root, glob)
     explicit = glob != "*"

@@ -13,8 +13,8 @@ Design decisions
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -128,7 +128,11 @@ def dataset_stats(
     on_decode_error: str = "replace",
 ) -> dict:
     """Statistics of a prepared dataset folder (per split) or of raw inputs (tokens only with a tokenizer)."""
-    paths = [str(p) for p in path_or_prepared_dir] if isinstance(path_or_prepared_dir, list) else [str(path_or_prepared_dir)]
+    paths = (
+        [str(p) for p in path_or_prepared_dir]
+        if isinstance(path_or_prepared_dir, list)
+        else [str(path_or_prepared_dir)]
+    )
     if len(paths) == 1 and (Path(paths[0]) / MANIFEST_FILE).is_file():
         return _prepared_stats(Path(paths[0]))
     options = {"text_column": text_column, "glob": glob, "txt_split": txt_split, "on_decode_error": on_decode_error}
@@ -164,9 +168,11 @@ def format_stats(stats: dict) -> str:
     lines = [f"{stats['kind']} data: {stats['path']}"]
     if stats.get("vocab_size") is not None:
         lines.append(f"vocab_size: {stats['vocab_size']}")
-    lines.append(" " * label_width + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)))
+    lines.append(" " * label_width + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True)))
     for label, cells in rows:
-        lines.append(label.ljust(label_width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+        lines.append(
+            label.ljust(label_width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+        )
     doc_stats = stats.get("doc_stats") or {}
     if doc_stats:
         lines.append("dropped/repaired: " + ", ".join(f"{k}={v}" for k, v in doc_stats.items()))

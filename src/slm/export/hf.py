@@ -29,7 +29,7 @@ import re
 import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -41,6 +41,9 @@ from ..errors import SlmError, atomic_dir
 from ..generate.sampling import SamplingConfig
 from ..model import PRESETS, ModelConfig, preset_config
 from ..train.checkpoint import build_model, load_model, load_tokenizer_of, save_checkpoint, unwrap
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 # slm parameter name -> HF name; "{i}" is the layer index. Used in both directions.
 PARAM_MAP: tuple[tuple[str, str], ...] = (
@@ -241,7 +244,8 @@ def model_config_from_hf(raw: dict[str, Any], *, where: str = "config.json") -> 
     try:
         cfg = ModelConfig(**kwargs)
     except (SlmError, TypeError) as exc:
-        raise SlmError(f"{where}: {exc}") from None
+        names = ", ".join(f"{ours}={hf}" for ours, hf in CONFIG_MAP[1:6])
+        raise SlmError(f"{where}: {str(exc).removeprefix('--model: ')} (slm names: {names})") from None
     return _with_matching_preset(cfg)
 
 
@@ -350,7 +354,7 @@ def _generation_config(special_ids: dict[str, int | None], sample: SamplingConfi
     return gen
 
 
-def _resolve_tokenizer(tokenizer: Any) -> Any:
+def _resolve_tokenizer(tokenizer: Tokenizer | str | Path | None) -> Tokenizer | None:
     """An slm Tokenizer from a Tokenizer, a tokenizer.json / HF folder path, or None."""
     if tokenizer is None or hasattr(tokenizer, "save"):
         return tokenizer
@@ -359,8 +363,8 @@ def _resolve_tokenizer(tokenizer: Any) -> Any:
     return load_tokenizer(tokenizer)
 
 
-def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Path, *, tokenizer: Any = None,
-              dtype: str = "float32") -> Path:
+def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Path, *,
+              tokenizer: Tokenizer | str | Path | None = None, dtype: str = "float32") -> Path:
     """Write a `transformers` model folder (model.safetensors, config.json, generation_config.json, tokenizer files).
 
     `checkpoint_dir_or_model` is an slm checkpoint directory (its tokenizer is exported too unless `tokenizer` is
@@ -401,7 +405,7 @@ def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Pa
 
 
 def _write_slm_checkpoint(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], out_ckpt_dir: str | Path, *,
-                          dtype: str, tokenizer: Any, source: Path, where: str) -> Path:
+                          dtype: str, tokenizer: Tokenizer | None, source: Path, where: str) -> Path:
     state = state_dict_from_hf(hf_state, cfg, where=where, dtype=_torch_dtype(dtype, "--dtype"))
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise SlmError(f"{source}: the tokenizer has {tokenizer.vocab_size} ids (specials included) but the model "

@@ -2,6 +2,6 @@
 
 from slm.tokenizer.bpe import train_bpe
 from slm.tokenizer.bytes import byte_tokenizer
-from slm.tokenizer.core import CHATML_TEMPLATE, Tokenizer, build_tokenizer, load_tokenizer
+from slm.tokenizer.core import CHATML_TEMPLATE, Tokenizer, load_tokenizer, wrap_hf_tokenizer
 
-__all__ = ["CHATML_TEMPLATE", "Tokenizer", "build_tokenizer", "byte_tokenizer", "load_tokenizer", "train_bpe"]
+__all__ = ["CHATML_TEMPLATE", "Tokenizer", "byte_tokenizer", "load_tokenizer", "train_bpe", "wrap_hf_tokenizer"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -42,7 +42,9 @@ def _texts(files_or_iterator: str | os.PathLike | Iterable[str | os.PathLike]) -
     """Normalise the input to an iterator of strings plus a description for error messages."""
     if isinstance(files_or_iterator, (str, os.PathLike)):
         files_or_iterator = [files_or_iterator]
-    if isinstance(files_or_iterator, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in files_or_iterator):
+    if isinstance(files_or_iterator, (list, tuple)) and all(
+        isinstance(p, (str, os.PathLike)) for p in files_or_iterator
+    ):
         paths = [Path(p) for p in files_or_iterator]
         for p in paths:
             if not p.is_file():

@@ -10,11 +10,10 @@ Design decisions
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 
 from slm.tokenizer.core import BOS, DEFAULT_SPECIALS, EOS, PAD, Tokenizer, bytes_to_unicode
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import AddedToken
@@ -93,7 +93,9 @@ class Tokenizer:
         ids = {name: inner.token_to_id(name) for name in (bos_token, eos_token, pad_token)}
         missing = [name for name, i in ids.items() if i is None]
         if missing:
-            raise SlmError(f"tokenizer: special token(s) {missing} are not in the vocabulary; add them or fix the config")
+            raise SlmError(
+                f"tokenizer: special token(s) {missing} are not in the vocabulary; add them or fix the config"
+            )
         self.bos_id: int = ids[bos_token]
         self.eos_id: int = ids[eos_token]
         self.pad_id: int = ids[pad_token]
@@ -199,7 +201,9 @@ class Tokenizer:
 
 
 def _rebuild(text: str, bos: str, eos: str, pad: str, chat_template: str | None) -> Tokenizer:
-    return Tokenizer(HFTokenizer.from_str(text), bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template)
+    return Tokenizer(
+        HFTokenizer.from_str(text), bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template
+    )
 
 
 def _drop_template_post_processor(inner: HFTokenizer) -> None:
@@ -209,7 +213,7 @@ def _drop_template_post_processor(inner: HFTokenizer) -> None:
         inner.post_processor = None
 
 
-def build_tokenizer(
+def wrap_hf_tokenizer(
     inner: HFTokenizer,
     *,
     config: dict | None = None,
@@ -230,7 +234,11 @@ def build_tokenizer(
             return named
         return next((a for a in aliases if vocab_has(a)), None)
 
-    bos, eos, pad = resolve("bos_token", _BOS_ALIASES), resolve("eos_token", _EOS_ALIASES), resolve("pad_token", _PAD_ALIASES)
+    bos, eos, pad = (
+        resolve("bos_token", _BOS_ALIASES),
+        resolve("eos_token", _EOS_ALIASES),
+        resolve("pad_token", _PAD_ALIASES),
+    )
     if pad is None and eos is not None:
         pad = eos
     template = chat_template or config.get("chat_template")
@@ -280,7 +288,7 @@ def load_tokenizer(path: str | Path, *, extra_special_tokens: Sequence[str] = ()
     """Load a tokenizer.json file, a folder holding one (plus optional tokenizer_config.json), or vocab.json+merges.txt.
 
     bos/eos/pad and the chat template come from tokenizer_config.json (or special_tokens_map.json, or a
-    chat_template.jinja file) when present; see `build_tokenizer` for the fallbacks.
+    chat_template.jinja file) when present; see `wrap_hf_tokenizer` for the fallbacks.
     """
     path = Path(path)
     if not path.exists():
@@ -302,4 +310,6 @@ def load_tokenizer(path: str | Path, *, extra_special_tokens: Sequence[str] = ()
         inner = _load_vocab_merges(folder)
     else:
         raise SlmError(f"{path}: no tokenizer.json or vocab.json+merges.txt here; point to a tokenizer folder or file")
-    return build_tokenizer(inner, config=config, chat_template=chat_template, extra_special_tokens=extra_special_tokens)
+    return wrap_hf_tokenizer(
+        inner, config=config, chat_template=chat_template, extra_special_tokens=extra_special_tokens
+    )
