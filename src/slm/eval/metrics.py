@@ -82,10 +82,12 @@ def _token_bytes_tensor(token_bytes: np.ndarray | torch.Tensor | None, vocab_siz
     if token_bytes is None:
         return None
     table = torch.as_tensor(np.asarray(token_bytes) if not isinstance(token_bytes, torch.Tensor) else token_bytes)
-    if table.dim() != 1 or table.numel() < vocab_size:
+    if table.dim() != 1 or table.numel() > vocab_size:
         raise SlmError(f"eval: token_bytes has shape {tuple(table.shape)} but the model's vocab is {vocab_size}; "
                        f"pass the byte-length table of the tokenizer the model was trained with")
-    return table[:vocab_size].to(device=device, dtype=torch.long)
+    # A model vocab padded past the tokenizer's (rounded up to 64) has ids no text maps to: they carry 0 bytes.
+    table = F.pad(table.long(), (0, vocab_size - table.numel()))
+    return table.to(device=device)
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

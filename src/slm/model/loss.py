@@ -1,13 +1,31 @@
-"""Next-token cross-entropy computed from hidden states in chunks.
+"""Next-token cross-entropy fused with the output projection, computed from hidden states in chunks.
 
 The full (B*T, vocab) logits tensor in fp32 is the largest activation of a small LM (SmolLM2: 49152 x 2048 x 4 B =
 400 MB per sequence, more than all its layers' activations). `chunked_cross_entropy` projects and reduces one chunk of
-rows at a time and recomputes each chunk's logits in backward (a custom autograd function), so peak memory holds one
-chunk of logits, not all of them. Targets are already aligned with positions (the data loader does the one shift);
-this function never shifts. `ignore_index` positions count for nothing, in numerator and denominator.
+rows at a time, so peak memory holds one chunk of logits, never all of them. Targets are already aligned with
+positions (the data loader does the one shift); this function never shifts. `ignore_index` positions count for
+nothing, in numerator and denominator.
+
+Decisions (each measured with `bench/train_throughput.py`; see its docstring):
+- Gradients are computed in the forward pass (the "fused linear cross-entropy" of Liger-Kernel): while a chunk's
+  logits exist, d(sum CE)/d(logits) = softmax - onehot is formed at once and pushed through the projection into
+  grad_hidden (N, C) and grad_weight (V, C); backward only scales them by the incoming gradient. The alternative —
+  save hidden, recompute each chunk's logits in backward — costs one more (N x C x V) GEMM and a second softmax pass;
+  the saved gradients take the same memory as the saved inputs did. When no gradient is needed (eval, no_grad) the
+  forward computes the loss only.
+- The GEMMs run in the autocast dtype when autocast is on (also for the gradient GEMMs, which would otherwise run in
+  fp32 because backward runs outside autocast: that was 3 fp32 GEMMs of the head's size per step, ~20 % of a bf16
+  step on the reference config). Softmax, log-sum-exp and the loss sum are always fp32; grad_weight accumulates in
+  fp32 across chunks.
+- No boolean indexing (it syncs with the host): ignored rows are zeroed with a mask multiply.
+- The per-chunk softmax/gradient math can be handed to torch.compile (`compile_kernels=True`; the trainer's
+  `train.compile` does so), which fuses the fp32 upcast, exp, subtraction and downcast into one pass over the chunk's
+  logits. It is off by default because its first call compiles for tens of seconds.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,41 +33,79 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-class _ChunkedCE(torch.autograd.Function):
+def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits (n, V) any float dtype, targets (n,) -> (summed CE in fp32, d(sum CE)/d(logits) in logits' dtype)."""
+    x = logits.float()
+    valid = targets != IGNORE_INDEX  # (n,)
+    safe = torch.where(valid, targets, 0)[:, None]  # (n, 1)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
+    picked = x.gather(1, safe)  # (n, 1)
+    vmask = valid[:, None].to(x.dtype)
+    loss = ((lse - picked) * vmask).sum()
+    if not want_grad:
+        return loss, None
+    probs = torch.exp(x - lse)
+    grad = (probs - torch.zeros_like(probs).scatter_(1, safe, 1.0)) * vmask
+    return loss, grad.to(logits.dtype)
+
+
+_compiled_ce_chunk: Callable | None = None
+
+
+def _chunk_kernel(compiled: bool) -> Callable:
+    global _compiled_ce_chunk
+    if not compiled:
+        return _ce_chunk
+    if _compiled_ce_chunk is None:
+        _compiled_ce_chunk = torch.compile(_ce_chunk, dynamic=False)
+    return _compiled_ce_chunk
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
+class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                compile_kernels: bool) -> torch.Tensor:
         # hidden (N, C), weight (V, C), targets (N,) -> summed loss (scalar, fp32)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_grad = need_h or need_w
+        cdt = _compute_dtype(hidden)
+        h, w = hidden.to(cdt), weight.to(cdt)
+        kernel = _chunk_kernel(compile_kernels)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for s in range(0, hidden.shape[0], chunk):
-            logits = F.linear(hidden[s:s + chunk], weight).float()
-            total += F.cross_entropy(logits, targets[s:s + chunk], ignore_index=IGNORE_INDEX, reduction="sum")
-        ctx.save_for_backward(hidden, weight, targets)
-        ctx.chunk = chunk
+        grad_h = torch.empty_like(hidden) if need_h else None  # (N, C)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None  # (V, C)
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s:s + chunk]
+            with torch.autocast(hidden.device.type, enabled=False):
+                loss, g = kernel(F.linear(hc, w), targets[s:s + chunk], want_grad)  # g (n, V) in cdt
+                total += loss
+                if need_h:
+                    grad_h[s:s + chunk] = g @ w
+                if need_w:
+                    grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        hidden, weight, targets = ctx.saved_tensors
-        grad_h = torch.empty_like(hidden)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            h, t = hidden[s:s + ctx.chunk], targets[s:s + ctx.chunk]
-            probs = F.linear(h, weight).float().softmax(-1)  # d(sum CE)/d(logits) = softmax - onehot
-            valid = t != IGNORE_INDEX
-            probs[valid, t[valid]] -= 1.0
-            probs[~valid] = 0.0
-            g = (probs * grad_out).to(hidden.dtype)
-            grad_h[s:s + ctx.chunk] = g @ weight
-            grad_w += (g.t() @ h).float()
-        return grad_h, grad_w.to(weight.dtype), None, None
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk: int = 4096, reduction: str = "mean") -> torch.Tensor:
+                          chunk: int = 4096, reduction: str = "mean", compile_kernels: bool = False) -> torch.Tensor:
     """hidden (B, T, C) or (N, C), weight (V, C), targets (B, T) or (N,) -> next-token CE ("mean" over valid or "sum")."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
-    total = _ChunkedCE.apply(h, weight, t, chunk)
+    total = _FusedLinearCE.apply(h, weight, t, chunk, compile_kernels)
     if reduction == "sum":
         return total
     return total / (t != IGNORE_INDEX).sum().clamp(min=1)

@@ -22,6 +22,8 @@ class PretrainTask:
         self.cfg = cfg
         self.autocast_dtype = autocast_dtype
         self.device = torch.device("cpu")
+        if cfg.model.vocab_size:
+            dataset.check_vocab(cfg.model.vocab_size)
 
     def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> BatchLoader:
         self.device = dist.device

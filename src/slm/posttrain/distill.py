@@ -1,0 +1,265 @@
+"""Distillation: a teacher writes responses (`slm distill generate`) and logit distillation (`slm distill kd`).
+
+Teacher generation writes one JSON object per prompt, one per line (schema "slm-distill-v1"):
+    {"id": str,                 # the prompt record's "id", else a hash of its messages (stable across runs)
+     "messages": [...],         # the prompt messages + {"role": "assistant", "content": response}: `slm sft` input
+     "response": str, "finish_reason": "stop" | "length",   # length = cut at max_new_tokens
+     "prompt_tokens": int, "completion_tokens": int, "teacher": str, "source": "file:line",
+     "sampling": {"temperature", "top_p", "max_new_tokens", "seed"}, "schema": "slm-distill-v1"}
+`slm sft` on this file refuses (or with on_bad_example=skip, skips and counts) finish_reason=length records, so a
+response cut mid-sentence is never trained on as if it ended there.
+
+Decisions (generation):
+- Resumable by construction: the output is appended batch by batch (flush + fsync), and a restart reads the ids
+  already written and generates only the rest. A crash can tear at most the last line; it is cut off on restart.
+  This file is therefore the one output not written through `atomic_path`: a temp-and-rename file would lose all
+  finished work on a crash, which is exactly what resuming is for.
+- Batches are fixed slices of the prompt list, each drawn with seed + batch index, and a batch is regenerated whole if
+  any of its prompts is missing (only the missing lines are written), so a resumed run writes what an uninterrupted
+  one would have, also when sampling.
+- The prompt goes through the teacher's own chat template and generation stops at its end-of-turn token.
+- A teacher is an slm checkpoint or an HF Llama-family folder, loaded in memory through `slm.export.hf`'s mapping
+  (no trust_remote_code); a .gguf file is converted through `slm import hf` into a temporary checkpoint.
+
+Decisions (KD):
+- Per trained token: alpha * T^2 * KL + (1 - alpha) * CE, with KL forward, KL(teacher || student) (mass covering, the
+  classic Hinton loss), or reverse, KL(student || teacher) (mode seeking, MiniLLM/GKD's choice for generation). T^2
+  keeps gradient scale independent of T. Only assistant tokens count, as in SFT, and `count` is their number.
+- Both distributions are restricted to the ids both models have (the student may pad its vocabulary to 64), and the
+  tokenizers must be identical (same hash) — logits over different vocabularies cannot be compared.
+- Logits are computed for trained positions only, in row chunks, the student's under activation checkpointing, so
+  neither model ever holds (B, T, V) logits for backward. Teacher logits are recomputed each step (no cache on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from ..config import RunConfig
+from ..errors import SlmError
+from ..model import IGNORE_INDEX, Transformer
+from ..tokenizer import Tokenizer
+from ..train import checkpoint as ckpt
+from ..train.checkpoint import unwrap
+from .config import GenerateConfig, KDConfig
+from .data import BadExamples, Example, load_prompts
+from .sequence import packed_hidden
+from .sft import SFTTask
+
+SCHEMA = "slm-distill-v1"
+
+
+# ------------------------------------------------------------------------------------------------------------ teacher
+
+
+def load_teacher(spec: str, device: torch.device | str = "cpu") -> tuple[Transformer, Tokenizer | None]:
+    """A frozen teacher and its tokenizer from an slm checkpoint/run dir, an HF model folder or a .gguf file."""
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf":
+        from ..export.hf import import_hf
+
+        with tempfile.TemporaryDirectory(prefix="slm-teacher-") as tmp:
+            out = import_hf(path, Path(tmp) / "teacher")
+            return load_teacher(str(out), device)
+    if (path / "config.json").is_file() and not (path / "meta.json").is_file():
+        model, tok = _load_hf_folder(path)
+    else:
+        resolved = ckpt.resolve_checkpoint(path)
+        model, _ = ckpt.load_model(resolved, device="cpu")
+        tok = ckpt.load_tokenizer_of(resolved)
+    model.to(device).requires_grad_(False)
+    return model.eval(), tok
+
+
+def _load_hf_folder(path: Path) -> tuple[Transformer, Tokenizer | None]:
+    from ..export.hf import model_config_from_hf, read_hf_weights, state_dict_from_hf
+    from ..tokenizer import load_tokenizer
+    from ..train.checkpoint import build_model
+
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlmError(f"{path / 'config.json'}: unreadable ({type(exc).__name__}); re-download the model") from None
+    cfg = model_config_from_hf(raw, where=str(path / "config.json"))
+    state = state_dict_from_hf(read_hf_weights(path), cfg, where=str(path))
+    model = build_model(cfg, device="cpu")
+    model.load_state_dict(state)
+    tok = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    return model, tok
+
+
+# ------------------------------------------------------------------------------------------------------- generation
+
+
+def _read_done(out: Path) -> set[str]:
+    """Ids already written; a torn last line (crash mid-write) is truncated away first."""
+    if not out.is_file():
+        return set()
+    raw = out.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        cut = raw.rfind(b"\n") + 1
+        with open(out, "r+b") as f:
+            f.truncate(cut)
+        raw = raw[:cut]
+    done = set()
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SlmError(f"{out}:{n}: not a distill record; write to a new --posttrain.generate.output") from None
+    return done
+
+
+def generate_responses(gen: GenerateConfig, *, bad: BadExamples, device: torch.device | str = "cpu",
+                       progress: bool = True) -> dict[str, Any]:
+    """Write teacher responses for every prompt not yet in `gen.output`; returns counts."""
+    from ..generate.engine import generate
+    from ..generate.sampling import SamplingConfig
+    from ..tokenizer.chat import ChatFormatter
+
+    for key in ("teacher", "prompts", "output"):
+        if not getattr(gen, key):
+            raise SlmError(f"--posttrain.generate.{key}: required for slm distill generate")
+    if gen.batch_size < 1:
+        raise SlmError(f"--posttrain.generate.batch_size={gen.batch_size}: must be >= 1")
+    teacher, tok = load_teacher(gen.teacher, device)
+    if tok is None:
+        raise SlmError(f"{gen.teacher}: teacher has no tokenizer; generation needs one")
+    formatter = ChatFormatter(tok)
+    prompts = load_prompts([gen.prompts], bad, specials=formatter.specials)
+    unique = list({p.id: p for p in prompts}.values())
+    out = Path(gen.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_done(out)
+    todo = sum(p.id not in done for p in unique)
+    written = 0
+    bar = tqdm(total=len(unique), initial=len(unique) - todo, disable=not progress, unit="prompt", desc="distill")
+    try:
+        with open(out, "a", encoding="utf-8") as f:
+            for k in range(0, len(unique), gen.batch_size):
+                batch = unique[k:k + gen.batch_size]
+                if all(p.id in done for p in batch):
+                    continue
+                cfg = SamplingConfig(temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                                     seed=gen.seed + k // gen.batch_size)
+                ids = [formatter.encode_prompt(p.messages) for p in batch]
+                outs = generate(teacher, ids, cfg, eos_id=formatter.end_of_turn_id)
+                lines = []
+                for p, prompt_ids, o in zip(batch, ids, outs):
+                    if p.id in done:
+                        continue
+                    response = tok.decode(o, skip_special=True)
+                    lines.append(json.dumps({
+                        "id": p.id, "messages": [*p.messages, {"role": "assistant", "content": response}],
+                        "response": response, "finish_reason": "length" if len(o) >= gen.max_new_tokens else "stop",
+                        "prompt_tokens": len(prompt_ids), "completion_tokens": len(o), "teacher": gen.teacher,
+                        "source": p.where, "schema": SCHEMA,
+                        "sampling": {"temperature": gen.temperature, "top_p": gen.top_p,
+                                     "max_new_tokens": gen.max_new_tokens, "seed": cfg.seed}}, ensure_ascii=False))
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+                written += len(lines)
+                bar.update(len(lines))
+    finally:
+        bar.close()
+    return {"prompts": len(unique), "already_done": len(unique) - todo, "written": written, "output": str(out),
+            "skipped_prompts": bad.total}
+
+
+# ---------------------------------------------------------------------------------------------------------------- KD
+
+
+def kd_token_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                    kd: KDConfig) -> torch.Tensor:
+    """Per-token alpha * T^2 * KL + (1 - alpha) * CE for logits (n, V_s), (n, V_t) and targets (n,) -> (n,)."""
+    V = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    s, t = student_logits.float(), teacher_logits.float()
+    T = kd.temperature
+    log_ps = F.log_softmax(s[:, :V] / T, -1)
+    log_pt = F.log_softmax(t[:, :V] / T, -1)
+    if kd.loss == "forward":
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    else:
+        kl = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
+    out = kd.alpha * T * T * kl
+    if kd.alpha < 1.0:
+        out = out + (1.0 - kd.alpha) * F.cross_entropy(s, targets, reduction="none")
+    return out
+
+
+def _kd_chunk(h: torch.Tensor, w: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+              kd: KDConfig) -> torch.Tensor:
+    return kd_token_losses(F.linear(h, w), teacher_logits, y, kd).sum()
+
+
+class KDTask(SFTTask):
+    """SFT data and batching; the loss mixes KL to a frozen teacher with the data's cross-entropy."""
+
+    def __init__(self, train: list[Example], val: list[Example], cfg: RunConfig, kd: KDConfig, *,
+                 teacher: Transformer, teacher_tokenizer: Tokenizer | None, tokenizer: Tokenizer, pad_id: int,
+                 packing: bool = False, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__(train, val, cfg, pad_id=pad_id, packing=packing, autocast_dtype=autocast_dtype)
+        if teacher_tokenizer is not None and teacher_tokenizer.hash() != tokenizer.hash():
+            raise SlmError("--posttrain.kd.teacher: the teacher's tokenizer differs from the student's; logit "
+                           "distillation needs one shared vocabulary (use slm distill generate + slm sft instead)")
+        self.kd, self.teacher = kd, teacher
+
+    def teacher_hidden(self, batch: Any) -> torch.Tensor:
+        self.teacher.to(self.device)
+        with torch.no_grad():
+            if isinstance(batch, dict):
+                b = {k: v.to(self.device) for k, v in batch.items()}
+                return packed_hidden(self.teacher, b["x"], b["doc"], b["pos"])
+            return self.teacher(batch[0].to(self.device), return_hidden=True)
+
+    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
+        hidden, y = self.hidden(model, batch)
+        t_hidden = self.teacher_hidden(batch)
+        valid = y != IGNORE_INDEX
+        hs, ht, yv = hidden[valid], t_hidden[valid], y[valid]  # (n, C), (n, C_t), (n,)
+        w, tw = unwrap(model).output_weight, self.teacher.output_weight
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, hs.shape[0], loss_chunk):
+            with torch.no_grad():
+                t_logits = F.linear(ht[s:s + loss_chunk], tw)
+            total = total + checkpoint(_kd_chunk, hs[s:s + loss_chunk], w, t_logits, yv[s:s + loss_chunk], self.kd,
+                                       use_reentrant=False)
+        return total
+
+    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+        """Held-out CE loss (comparable with plain SFT) plus the KL to the teacher at T=1."""
+        out = super().evaluate(model, seq_len, max_batches)
+        if not out:
+            return out
+        from .sequence import pad_batch, shift_example
+
+        probe = KDConfig(teacher=self.kd.teacher, loss=self.kd.loss, alpha=1.0, temperature=1.0)
+        shifted = [shift_example(e.ids, e.mask) for e in self.val_examples]
+        bs, kl, n = self.cfg.eval.batch_size, 0.0, 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for b, s in enumerate(range(0, len(shifted), bs)):
+                    if max_batches and b >= max_batches:
+                        break
+                    batch = pad_batch(shifted[s:s + bs], self.pad_id)
+                    h, y = self.hidden(model, batch)
+                    th = self.teacher_hidden(batch)
+                    valid = y != IGNORE_INDEX
+                    kl += float(_kd_chunk(h[valid], unwrap(model).output_weight,
+                                          F.linear(th[valid], self.teacher.output_weight), y[valid], probe))
+                    n += int(valid.sum())
+        finally:
+            model.train(was_training)
+        return {**out, "kl_to_teacher": kl / max(n, 1)}
