@@ -8,6 +8,7 @@ torch lazily, raise SlmError for anything the user can fix, and print a short su
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from ..errors import SlmError
 _RUN_SECTIONS = ("--run.", "--train.", "--eval.", "--sample.")
 
 
+@functools.lru_cache(maxsize=1)
 def _epilog() -> str:
     from ..config import config_help
     from .config import PostTrainConfig
