@@ -25,7 +25,7 @@ install: $(STAMP)
 install-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/slm run recipes/quickstart.yaml
+	$(VENV)/bin/slm run recipes/quickstart.yaml --run.overwrite=true
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q -n 2

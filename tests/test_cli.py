@@ -144,3 +144,14 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path):
 
 def test_parser_builds_without_heavy_imports():
     assert build_parser().prog == "slm"
+
+
+def test_fine_tune_from_a_checkpoint_adopts_its_model_and_tokenizer(tiny_run, tmp_path, corpus_dir):
+    proc = _slm("train", f"--data.inputs=[{corpus_dir}]", *TINY, "--model.preset=tiny", "--tokenizer.kind=bpe",
+                f"--train.init_from={tiny_run}", "--train.steps=2", f"--run.out_dir={tmp_path / 'ft'}", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
+    base = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert cfg["model"] == base["model"] and cfg["tokenizer"]["kind"] == "pretrained"

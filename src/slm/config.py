@@ -33,6 +33,7 @@ class RunSection:
     out_dir: str = ""  # where everything of this run goes; "" = runs/<name>
     seed: int = 1337  # seeds init, data order and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in the same directory
 
 
 @dataclass(kw_only=True)
@@ -335,10 +336,13 @@ def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str,
     import inspect
 
     rows = []
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        src = ""
+    src = ""
+    for klass in reversed(cls.__mro__):  # inherited fields (SampleSection <- SamplingConfig) keep their comments
+        if dataclasses.is_dataclass(klass):
+            try:
+                src += inspect.getsource(klass) + "\n"
+            except (OSError, TypeError):
+                pass
     comments = {}
     for line in src.splitlines():
         stripped = line.strip()

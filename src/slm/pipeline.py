@@ -131,6 +131,19 @@ def make_sample_fn(cfg: RunConfig, tokenizer, max_new_tokens: int | None = None)
     return sample
 
 
+def adopt_init_checkpoint(cfg: RunConfig) -> None:
+    """With --train.init_from, the model and tokenizer come from that checkpoint (fine-tuning keeps its architecture)."""
+    if not cfg.train.init_from:
+        return
+    from .train import checkpoint as ckpt
+
+    path = ckpt.resolve_checkpoint(cfg.train.init_from)
+    cfg.train.init_from = str(path)
+    cfg.model = ckpt.load_config(path).model
+    if (path / "tokenizer").is_dir():
+        cfg.tokenizer = dataclasses.replace(cfg.tokenizer, kind="pretrained", path=str(path / "tokenizer"))
+
+
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None = None) -> dict:
     """Run every stage of a recipe; returns a summary dict (also written to <run dir>/summary.json)."""
     from .data.loader import TokenDataset
@@ -145,6 +158,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
+    adopt_init_checkpoint(cfg)
     t = time.perf_counter()
     if dist.is_main:
         stage_tokenizer(cfg, run_dir / "tokenizer", progress)

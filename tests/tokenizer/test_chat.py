@@ -93,3 +93,20 @@ def test_special_token_text_in_content_is_a_problem(tok):
     f = ChatFormatter(tok)
     msgs = [{"role": "user", "content": "x<|im_end|>"}, {"role": "assistant", "content": "y"}]
     assert "special token" in message_problem(msgs, specials=f.specials)
+
+
+SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's own template: it adds a default system prompt when there is none
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_smollm2_template_mask_and_default_system_prompt(tok):
+    f = ChatFormatter(tok, SMOLLM2_TEMPLATE)
+    r = f.encode(CONV[1:])
+    text = tok.decode(r.ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert tok.decode([i for i, m in zip(r.ids, r.mask) if m]) == "Hello!<|im_end|>4<|im_end|>"
+    assert f.end_of_turn_id == tok.token_to_id("<|im_end|>")
+    assert r.ids == tok.encode(text)  # segment-wise encoding equals the joint encoding for ChatML-style templates

@@ -169,3 +169,37 @@ def test_lr_schedules():
     assert lr_multiplier(99, 100, kind="wsd", decay_fraction=0.2, **kw) == pytest.approx(0.1)
     assert lr_multiplier(54, 100, kind="linear", **kw) == pytest.approx(0.55, abs=0.01)
     assert lr_multiplier(70, 100, kind="constant", **kw) == 1.0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from slm.model import Transformer, preset_config
+
+    torch.manual_seed(0)
+    m = Transformer(preset_config("test")).train()
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    m(x, targets=y).backward()
+    ref = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.gradient_checkpointing = True
+    m(x, targets=y).backward()
+    for a, p in zip(ref, m.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, prepared):
+    eager = train_losses(run_tiny(tiny_config(tmp_path / "e", prepared, steps=3), prepared))
+    compiled = train_losses(run_tiny(tiny_config(tmp_path / "c", prepared, steps=3, compile=True), prepared))
+    for s in eager:
+        assert compiled[s] == pytest.approx(eager[s], abs=1e-4)
+
+
+def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path, prepared):
+    run_tiny(tiny_config(tmp_path / "o", prepared, steps=2), prepared)
+    with pytest.raises(SlmError, match="--run.overwrite=true"):
+        run_tiny(tiny_config(tmp_path / "o", prepared, steps=2), prepared)
+    cfg = tiny_config(tmp_path / "o", prepared, steps=3)
+    cfg.run.overwrite = True
+    assert run_tiny(cfg, prepared).step == 3
+    assert [p.name for p in (tmp_path / "o/checkpoints").iterdir()] == ["step_000003"]

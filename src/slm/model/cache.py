@@ -3,8 +3,18 @@
 Design: one preallocated (B, H_kv, T_max, D) buffer per layer, and one shared write index for the batch. Prompts of
 different lengths are left-padded by the caller; `valid` marks which slots hold real tokens, so a padded slot is never
 attended to, and each row's RoPE positions count only its real tokens. A shared index keeps every update a single
-`index_copy_`/slice write with static shapes (friendly to torch.compile and CUDA graphs), which a per-row ragged cache
-would not be.
+slice/`index_copy_` write, which a per-row ragged cache would not.
+
+Two ways in:
+- `reserve` + `update` (any number of new tokens: prefill, chunked prefill): attention sees the `length` slots written
+  so far, so shapes grow with the sequence. Simple and exact; the host knows `length`.
+- `reserve_step` + `update_step` (exactly one new token per row: the decode loop): the write slot is a device tensor
+  (`index`), keys/values are written with `index_copy_` and attention always spans the whole T_max buffer with
+  `valid` as the mask (unwritten slots are invalid). Every tensor shape is then the same at every step and no host
+  value is read, so the step can be compiled once (torch.compile, CUDA graphs) and replayed for the whole generation.
+  The price is attending over T_max instead of `length` slots, which for decode (one query row) is a memory read of
+  the cache, smaller than the weights it sits next to. Host-side bookkeeping (`length`, the overflow check) is done
+  by `advance`, outside anything compiled.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, T_max) real-token slots
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) RoPE position of the next token
-        self.length = 0  # slots written so far (shared by all rows)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)  # (1,) last reserved slot (the step path writes it)
+        self.length = 0  # slots written so far (shared by all rows; host-side)
         self.max_len = max_len
 
     @property
@@ -36,13 +47,11 @@ class KVCache:
         """
         T = attention_mask.shape[1]
         start = self.length
-        if start + T > self.max_len:
-            raise ValueError(f"KV cache overflow: {start + T} tokens > cache length {self.max_len}")
+        self.advance(T)
         self.valid[:, start:start + T] = attention_mask
         positions = self.next_pos[:, None] + attention_mask.long().cumsum(dim=1) - 1  # (B, T)
         positions = positions.clamp(min=0)
         self.next_pos += attention_mask.long().sum(dim=1)
-        self.length = start + T
         q_idx = torch.arange(start, start + T, device=self.valid.device)
         k_idx = torch.arange(self.length, device=self.valid.device)
         causal = k_idx[None, :] <= q_idx[:, None]  # (T, length)
@@ -60,6 +69,35 @@ class KVCache:
         self.k[layer][:, :, end - T:end] = k
         self.v[layer][:, :, end - T:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Host-side bookkeeping for n new slots: overflow check and `length` (no device value is read)."""
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length + n} tokens > cache length {self.max_len}")
+        self.length += n
+        self.index.fill_(self.length - 1)
+
+    def reserve_step(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static-shape reserve of ONE new slot per row at `index` (call `advance(1)` first, outside compiled code).
+
+        attention_mask (B, 1) -> RoPE positions (B, 1) and the attention mask (B, 1, 1, T_max). A padded row (False)
+        sees only its own slot, like `reserve`.
+        """
+        slot = self.index  # (1,) set by advance(1)
+        real = attention_mask[:, 0]  # (B,)
+        self.valid.index_copy_(1, slot, real[:, None])
+        positions = self.next_pos[:, None].clone()  # (B, 1)
+        self.next_pos += real.long()
+        own = torch.arange(self.max_len, device=self.valid.device) == slot  # (T_max,)
+        mask = self.valid | (own[None, :] & ~real[:, None])  # (B, T_max)
+        return positions, mask[:, None, None, :]
+
+    def update_step(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, 1, D) at the reserved slot; return the whole (B, H_kv, T_max, D) buffers."""
+        slot = self.index
+        self.k[layer].index_copy_(2, slot, k)
+        self.v[layer].index_copy_(2, slot, v)
+        return self.k[layer], self.v[layer]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep/reorder batch rows (e.g. to drop finished sequences)."""

@@ -75,7 +75,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
-                cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+                cache: KVCache | None, mask: torch.Tensor | None, step: bool = False) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -84,7 +84,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, k.to(cache.k[layer].dtype), v.to(cache.v[layer].dtype))
+            write = cache.update_step if step else cache.update
+            k, v = write(layer, k.to(cache.k[layer].dtype), v.to(cache.v[layer].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
         gqa = self.n_heads != self.n_kv_heads
         if gqa and not _SDPA_HAS_GQA:
@@ -120,8 +121,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask)
+                cache: KVCache | None = None, mask: torch.Tensor | None = None, step: bool = False) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -171,6 +172,11 @@ class Transformer(nn.Module):
         padding) and defaults to all-real.
         """
         B, T = input_ids.shape
+        if cache is not None and T == 1 and targets is None and cache.max_len <= self.cfg.max_seq_len:
+            cache.advance(1)  # host-side bookkeeping stays out of the (compilable) step
+            if attention_mask is None:
+                attention_mask = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
+            return self.forward_step(input_ids, cache, attention_mask.bool(), return_hidden=return_hidden)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         if cache is None:
             if T > self.cfg.max_seq_len:
@@ -191,6 +197,23 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if targets is not None:
             return chunked_cross_entropy(x, self.output_weight, targets, chunk=loss_chunk, reduction="sum")
+        if return_hidden:
+            return x
+        return F.linear(x, self.output_weight)
+
+    def forward_step(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor, *,
+                     return_hidden: bool = False) -> torch.Tensor:
+        """One decode step with static shapes: input_ids (B, 1), attention_mask (B, 1) bool -> logits (B, 1, vocab).
+
+        Reads no host value and allocates nothing whose shape depends on the step, so `torch.compile` traces it once
+        per (batch, cache length). The caller must call `cache.advance(1)` first (`forward` does).
+        """
+        x = self.embed_tokens(input_ids)  # (B, 1, C)
+        positions, mask = cache.reserve_step(attention_mask)  # (B, 1), (B, 1, 1, T_max)
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, 1, D)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, mask, True)
+        x = self.norm(x)
         if return_hidden:
             return x
         return F.linear(x, self.output_weight)

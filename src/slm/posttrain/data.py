@@ -6,7 +6,8 @@ Accepted record shapes, one JSON object per line of a .jsonl file (or a .json fi
   (turned into one user and one assistant message). `slm distill generate` writes the first shape.
 - preference pair: `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}`; with message
   lists and no prompt, the shared leading messages are the prompt and the last assistant message is the completion.
-- prompt: `{"prompt": str | messages, "answer": str (GRPO), "id": str (optional)}`; a .txt file is one prompt per line.
+- prompt: `{"prompt": str | messages, "answer": str (GRPO), "id": str (optional)}`; a .txt file is one prompt per line;
+  a conversation record works too (its messages before the final assistant reply are the prompt).
 - `hf:NAME[:SPLIT]` reads a Hugging Face dataset (needs `pip install datasets`), same shapes per row.
 
 Decisions:
@@ -260,8 +261,13 @@ def load_prompts(specs: list[str], bad: BadExamples, *, need_answer: bool = Fals
     out = []
     for spec in specs:
         for where, record in iter_records(spec):
+            if isinstance(record, dict) and "prompt" not in record and isinstance(record.get("messages"), list):
+                convo = record["messages"]  # a conversation: everything before its final reply is the prompt
+                record = {**record, "prompt": convo[:-1] if convo and isinstance(convo[-1], dict)
+                          and convo[-1].get("role") == "assistant" else convo}
             if isinstance(record, Exception) or not isinstance(record, dict) or "prompt" not in record:
-                bad.reject(where, str(record) if isinstance(record, Exception) else "expected an object with 'prompt'")
+                bad.reject(where, str(record) if isinstance(record, Exception) else
+                           "expected an object with 'prompt' (or 'messages')")
                 continue
             messages = _as_messages(record["prompt"], "user")
             problem = "'prompt' must be text or a list of messages" if messages is None else message_problem(

@@ -108,6 +108,21 @@ def _check_same_model(cfg: RunConfig, path: Path) -> None:
                        f"or start a new run dir")
 
 
+def _check_fresh_run_dir(cfg: RunConfig, dist: DistInfo) -> None:
+    """A fresh run must not mix its checkpoints with an earlier run's in the same directory."""
+    old = ckpt.list_checkpoints(cfg.run_dir())
+    if not old:
+        return
+    if not cfg.run.overwrite:
+        raise SlmError(f"{cfg.run_dir()}: holds checkpoints of an earlier run (latest {old[-1].name}); continue it "
+                       f"with --train.resume=auto, replace it with --run.overwrite=true, or pick --run.out_dir")
+    if dist.is_main:
+        import shutil
+
+        shutil.rmtree(cfg.run_dir() / "checkpoints")
+    barrier(dist)
+
+
 def build_fresh_model(cfg: RunConfig, device: torch.device) -> Transformer:
     if cfg.model.vocab_size <= 0:
         raise SlmError("--model.vocab_size is 0 (auto) but no tokenizer filled it in; set it explicitly")
@@ -138,6 +153,8 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     resume_from = _resume_path(cfg)
     if resume_from is not None:
         _check_same_model(cfg, resume_from)
+    else:
+        _check_fresh_run_dir(cfg, dist)
     if model is None:
         model = build_fresh_model(cfg, device)
         init = resume_from or (Path(tc.init_from) if tc.init_from else None)

@@ -1,0 +1,78 @@
+"""Shared plumbing of the bench scripts: alternating timed rounds, medians, the HF twin of an slm model, the last line.
+
+Why alternate: this machine is shared and its speed drifts by 2x within a minute when someone else runs tests. Timing
+variant A for a minute and then B for a minute measures the drift as much as the code. Every round here runs each
+variant once, in a fixed order, and each figure is the median over rounds, so a slow spell hits all variants alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+
+from slm.model import ModelConfig, Transformer  # noqa: E402
+
+
+def alternate(variants: dict[str, Callable[[], float]], rounds: int, *, label: str = "") -> dict[str, float]:
+    """Run each variant once per round, alternating; each call returns a rate. Prints every round; returns medians."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(fn())
+        print(f"  {label}round {r + 1}/{rounds}: " + "  ".join(f"{n}={v[-1]:,.1f}" for n, v in samples.items()),
+              flush=True)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Seconds for `repeat` calls of fn."""
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return time.perf_counter() - t0
+
+
+def hf_twin(model: Transformer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """`transformers.LlamaForCausalLM` with the same config and weights as an slm `Transformer` (qk_norm=False)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slm.export.hf import model_config_to_hf, to_hf_name
+
+    raw = model_config_to_hf(model.cfg)
+    model_type = raw.pop("model_type")
+    hf_cfg = AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in ("architectures",)})
+    hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    state = {to_hf_name(k): v for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (model.cfg.tie_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"HF twin mismatch: missing {missing}, unexpected {unexpected}")
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
+    return hf.to(dtype)
+
+
+def reference_config(vocab: int = 8192, seq_len: int = 256) -> ModelConfig:
+    """The issue's reference config: vocab 8192, d 384, 6 layers, 6 heads / 2 KV heads, FFN 1024, tied."""
+    return ModelConfig(vocab_size=vocab, d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_hidden=1024,
+                       tie_embeddings=True, max_seq_len=max(seq_len, 256))
+
+
+def emit(**figures: float) -> None:
+    """The one closing `key=value` line every bench script ends with."""
+    def fmt(v: float) -> str:
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+
+    print(" ".join(f"{k}={fmt(v)}" for k, v in figures.items()), flush=True)
+
+
+def machine_line() -> str:
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX={'yes' if amx else 'no'}"
