@@ -18,6 +18,13 @@ Decisions:
 - `generate_naive` re-runs the full forward pass over the whole sequence each step with no cache and no padding:
   slow (quadratic) but obviously correct, the reference the tests hold the cached path to.
 - One `torch.Generator` seeded from `cfg.seed` drives all draws, so the same inputs and seed give the same samples.
+- Speed: the prompt is prefilled in one pass; every decode step then goes through `Transformer.forward_step`, which has
+  static shapes (the whole cache buffer, masked by `valid`) and reads no host value. `compile=True` hands that step to
+  `torch.compile` once per model and (batch, cache length) — the cache length is then rounded up to a multiple of
+  `_COMPILE_BUCKET` so nearby requests share one compiled graph. Compiling costs tens of seconds up front and pays
+  back over long or repeated generations (a server, a benchmark), so it is opt-in. The one host read per step
+  (`token.tolist()`) stays: EOS handling and `on_token` streaming need the ids on the host anyway, and on CPU there
+  is no asynchronous queue for it to stall.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from ..model import KVCache
 from .sampling import SamplingConfig, sample_next, seen_mask
 
 OnToken = Callable[[int, int], None]  # (row, token): row indexes the expanded batch (prompt i, sample j -> i*n + j)
+StepFn = Callable[[torch.Tensor, KVCache, torch.Tensor], torch.Tensor]  # (ids (B, 1), cache, mask (B, 1)) -> logits
+
+_COMPILE_BUCKET = 64  # cache lengths are rounded up to this when the decode step is compiled (fewer recompiles)
 
 
 def fit_to_context(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> tuple[int, int]:
@@ -69,12 +79,37 @@ def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
+def _step_fn(model: nn.Module, compile: bool) -> StepFn:
+    """One decode step. Eager: `model(...)` (which routes one-token calls to `forward_step`, so forward hooks see
+    every step). Compiled: `model.forward_step` through torch.compile, built once per model (cached on it), with the
+    host-side `cache.advance(1)` kept outside the compiled graph."""
+    if not compile:
+        return lambda ids, cache, mask: model(ids, cache=cache, attention_mask=mask)
+    compiled = getattr(model, "_slm_compiled_step", None)
+    if compiled is None:
+        compiled = torch.compile(model.forward_step, dynamic=False)
+        model._slm_compiled_step = compiled
+
+    def step(ids: torch.Tensor, cache: KVCache, mask: torch.Tensor) -> torch.Tensor:
+        cache.advance(1)
+        return compiled(ids, cache, mask)
+
+    return step
+
+
+def _cache_len(needed: int, max_seq_len: int, compile: bool) -> int:
+    if not compile:
+        return needed
+    return min(-(-needed // _COMPILE_BUCKET) * _COMPILE_BUCKET, max_seq_len)
+
+
 def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
-             on_token: OnToken | None = None) -> list[list[int]]:
+             on_token: OnToken | None = None, compile: bool = False) -> list[list[int]]:
     """Continue each prompt; returns only the new tokens, `cfg.num_samples` lists per prompt (prompt-major order).
 
     A row stops at `eos_id` (not included) when `cfg.stop_at_eos`, at `cfg.max_new_tokens`, or when the context window
     is full. `on_token(row, token)` is called once per kept token, in generation order, as soon as it is drawn.
+    `compile=True` runs the decode step through torch.compile (same tokens; see the module docstring).
     """
     if not prompts:
         return []
@@ -95,14 +130,16 @@ def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *,
             ids, mask = _left_pad(rows, device)  # (B, P), (B, P)
             B = ids.shape[0]
             seen = seen_mask(ids.masked_fill(~mask, -1), vocab_size)  # (B, V) prompt tokens, for the penalty
-            cache = KVCache(model.cfg, B, width + n_new, dtype=param.dtype, device=device)
+            cache = KVCache(model.cfg, B, _cache_len(width + n_new, max_seq_len, compile), dtype=param.dtype,
+                            device=device)
             logits = model(ids, cache=cache, attention_mask=mask)[:, -1]  # (B, V)
-            return _decode_loop(model, cache, logits, seen, cfg, generator, n_new, stop_id, on_token)
+            step = _step_fn(model, compile)
+            return _decode_loop(step, cache, logits, seen, cfg, generator, n_new, stop_id, on_token)
     finally:
         model.train(was_training)
 
 
-def _decode_loop(model: nn.Module, cache: KVCache, logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+def _decode_loop(step_fn: StepFn, cache: KVCache, logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
                  generator: torch.Generator, n_new: int, stop_id: int | None,
                  on_token: OnToken | None) -> list[list[int]]:
     B = logits.shape[0]
@@ -125,7 +162,7 @@ def _decode_loop(model: nn.Module, cache: KVCache, logits: torch.Tensor, seen: t
         finished = torch.tensor(done, device=logits.device)  # (B,)
         seen[rows, token] = True
         # Finished rows are fed as padding: masked out of attention, and their logits are never read.
-        logits = model(token[:, None], cache=cache, attention_mask=~finished[:, None])[:, -1]  # (B, V)
+        logits = step_fn(token[:, None], cache, ~finished[:, None])[:, -1]  # (B, V)
     return out
 
 
