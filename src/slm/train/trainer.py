@@ -317,6 +317,8 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or last:
                     val = last_eval if last_eval and logger.history and _evaluated_at(logger, step) else do_eval(phase)
                     do_checkpoint(phase_idx, loader.state_dict() if step < bounds[phase_idx] else None, val)
+            if hasattr(loader, "close"):
+                loader.close()  # stop its prefetch thread before the next phase builds a new loader
     finally:
         bar.close()
         logger.close()
