@@ -7,6 +7,7 @@ variant once, in a fixed order, and each figure is the median over rounds, so a 
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -18,6 +19,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
 from slm.model import ModelConfig, Transformer  # noqa: E402
+
+
+_clock = time.perf_counter
+
+
+def use_cpu_clock(enabled: bool) -> None:
+    """Time with this process's CPU time instead of wall time.
+
+    With `--threads 1` on a machine other jobs keep busy, CPU time is what the step would take on an idle core: a
+    fair A/B of code changes while the wall clock measures the neighbours. Figures taken this way say so.
+    """
+    global _clock
+    _clock = time.process_time if enabled else time.perf_counter
+
+
+def clock() -> float:
+    return _clock()
 
 
 def alternate(variants: dict[str, Callable[[], float]], rounds: int, *, label: str = "") -> dict[str, float]:
@@ -33,10 +51,10 @@ def alternate(variants: dict[str, Callable[[], float]], rounds: int, *, label: s
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:
     """Seconds for `repeat` calls of fn."""
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(repeat):
         fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def hf_twin(model: Transformer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -74,5 +92,9 @@ def emit(**figures: float) -> None:
 
 
 def machine_line() -> str:
+    """Versions, threads, AMX and the load average: a busy machine explains slow figures."""
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX={'yes' if amx else 'no'}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    timing = "CPU time" if _clock is time.process_time else "wall time"
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX={'yes' if amx else 'no'}, "
+            f"{os.cpu_count()} cores, load average {load}, {timing}")

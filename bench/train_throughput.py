@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from harness import alternate, emit, hf_twin, machine_line, reference_config
+from harness import alternate, clock, emit, hf_twin, machine_line, reference_config, use_cpu_clock
 
 from slm.config import TrainConfig
 from slm.model import Transformer, model_flops_per_token
@@ -76,7 +76,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--ablate", action="store_true", help="also time slm eager fp32 and eager bf16")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default: all cores)")
+    ap.add_argument("--cpu-time", action="store_true", help="rates from process CPU time, not wall time (A/B on a "
+                    "busy machine; use with --threads 1)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_cpu_clock(args.cpu_time)
     if args.quick:
         args.rounds, args.steps, args.batch, args.seq = 1, 1, 2, 64
     compile_model = not args.quick
@@ -112,20 +118,23 @@ def main() -> None:
         print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
 
     peak_reps = 2 if args.quick else 8
-    peaks = [(measure_gemm_flops(torch.device("cpu"), torch.bfloat16, reps=peak_reps),
-              measure_gemm_flops(torch.device("cpu"), torch.float32, reps=peak_reps))]
+
+    def measure_peaks() -> tuple[float, float]:  # in the same clock (wall or CPU time) as the throughput
+        return (measure_gemm_flops(torch.device("cpu"), torch.bfloat16, reps=peak_reps, clock=clock),
+                measure_gemm_flops(torch.device("cpu"), torch.float32, reps=peak_reps, clock=clock))
+
+    peaks = [measure_peaks()]
 
     def rate(fn):
         def run() -> float:
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(args.steps):
                 fn()
-            return args.steps * tokens / (time.perf_counter() - t0)
+            return args.steps * tokens / (clock() - t0)
         return run
 
     med = alternate({n: rate(f) for n, f in steps.items()}, args.rounds, label="tok/s ")
-    peaks.append((measure_gemm_flops(torch.device("cpu"), torch.bfloat16, reps=peak_reps),
-                  measure_gemm_flops(torch.device("cpu"), torch.float32, reps=peak_reps)))
+    peaks.append(measure_peaks())
     peak_bf16 = max(p[0] for p in peaks)
     peak_fp32 = max(p[1] for p in peaks)
     fpt = model_flops_per_token(cfg, args.seq)

@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ih.set_defaults(fn=cmd_import_hf)
 
+    from .posttrain.cli import register as register_posttrain
+
+    register_posttrain(sub)
+
     rep = sub.add_parser("report", help="(Re)write a run's report.md with plots",
                          description="Rebuild report.md and plots/ of a run directory from its metrics")
     rep.add_argument("run_dir")

@@ -121,3 +121,10 @@ def test_fit_history_drops_oldest_exchanges_and_keeps_system(tok):
     kept, dropped = fit_history(f, msgs, 120)
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last" and dropped > 0
     assert len(f.encode_prompt(kept)) <= 120 and kept[1]["role"] == "user"
+
+
+def test_chat_command_with_a_checkpoint(slm_main, start_ckpt, monkeypatch, capsys):
+    monkeypatch.setattr("builtins.input", Script(["hello", "/quit"]))
+    assert slm_main(["chat", "--checkpoint", str(start_ckpt), "--temperature", "0", "--max-new-tokens", "3",
+                     "--system", "Be brief."]) == 0
+    assert "assistant> " in capsys.readouterr().out

@@ -10,7 +10,7 @@ from slm.config import RunConfig
 from slm.errors import SlmError
 from slm.posttrain.config import GenerateConfig, KDConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_conversations
-from slm.posttrain.distill import KDTask, generate_responses, kd_token_losses, load_teacher
+from slm.posttrain.distill import KDBatch, KDTask, generate_responses, kd_token_losses, load_teacher, topk_cache
 from slm.posttrain.run import run_posttrain
 from slm.posttrain.sequence import pad_batch, shift_example
 from slm.tokenizer.chat import ChatFormatter
@@ -30,7 +30,7 @@ def test_identical_teacher_and_student_give_zero_kl(tok, tmp_path, direction):
     teacher = tiny_model(seed=3, init_std=0.2).requires_grad_(False)
     task = KDTask(ex, [], RunConfig(), KDConfig(loss=direction, alpha=1.0, temperature=2.0), teacher=teacher,
                   teacher_tokenizer=tok, tokenizer=tok, pad_id=tok.pad_id)
-    batch = pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id)
+    batch = KDBatch(pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id), list(range(len(ex))))
     loss = task.loss(student, batch, loss_chunk=16)
     assert abs(float(loss.detach())) < 1e-4
     loss.backward()
@@ -59,7 +59,33 @@ def test_kd_with_alpha_zero_is_sft(tok, tmp_path):
                   pad_id=tok.pad_id)
     batch = pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id)
     x, y = batch
-    assert float(task.loss(student, batch, 7).detach()) == pytest.approx(float(student(x, targets=y)), rel=1e-5)
+    assert float(task.loss(student, KDBatch(batch, list(range(len(ex)))), 7).detach()) == pytest.approx(float(student(x, targets=y).detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_cached_full_vocab_topk_equals_live_teacher(tok, tmp_path, direction):
+    ex = _examples(tok, tmp_path)
+    student, teacher = tiny_model(seed=1, init_std=0.2), tiny_model(seed=2, init_std=0.2).requires_grad_(False)
+    kd = KDConfig(loss=direction, alpha=0.6, temperature=2.0)
+    cache = topk_cache(tmp_path / "c.safetensors", teacher, ex[:4], ex[4:], k=teacher.cfg.vocab_size,
+                       pad_id=tok.pad_id, device=torch.device("cpu"), teacher_name="t")
+    live = KDTask(ex[:4], ex[4:], RunConfig(), kd, teacher=teacher, teacher_tokenizer=None, tokenizer=tok,
+                  pad_id=tok.pad_id, packing=True)
+    cached = KDTask(ex[:4], ex[4:], RunConfig(), kd, teacher=None, teacher_tokenizer=None, tokenizer=tok,
+                    pad_id=tok.pad_id, packing=True, cache=cache)
+    batch = live.collate_packed([[2, 0], [3, 1]], 120)  # packed rows, shuffled order: cache rows must follow
+    a = live.loss(student, batch, 16)
+    b = cached.loss(student, batch, 16)
+    assert torch.allclose(a, b, rtol=1e-4) and float(a.detach()) > 0
+    assert live.evaluate(student, 0, 0)["kl_to_teacher"] == pytest.approx(
+        cached.evaluate(student, 0, 0)["kl_to_teacher"], rel=1e-4)
+    # a small k approximates; the cache file is reused when teacher, k and examples match
+    small = topk_cache(tmp_path / "s.safetensors", teacher, ex[:4], [], k=8, pad_id=tok.pad_id,
+                       device=torch.device("cpu"), teacher_name="t")
+    assert small.t["train_ids"].shape[1] == 8
+    again = topk_cache(tmp_path / "s.safetensors", None, ex[:4], [], k=8, pad_id=tok.pad_id,
+                       device=torch.device("cpu"), teacher_name="t")  # no teacher needed: loaded from disk
+    assert torch.equal(again.t["train_logp"], small.t["train_logp"])
 
 
 def test_kd_refuses_a_teacher_with_another_tokenizer(tok, tmp_path):
@@ -71,13 +97,14 @@ def test_kd_refuses_a_teacher_with_another_tokenizer(tok, tmp_path):
                tokenizer=tok, pad_id=tok.pad_id)
 
 
-def test_kd_run_through_trainer(tok, tmp_path, start_ckpt):
+@pytest.mark.parametrize("extra", [[], ["--posttrain.kd.topk=16"]], ids=["live", "topk-cache"])
+def test_kd_run_through_trainer(tok, tmp_path, start_ckpt, extra):
     data = write_jsonl(tmp_path / "c.jsonl", CHATS)
     cfg, post = load_posttrain_config(None, [
         f"--run.out_dir={tmp_path / 'run'}", "--train.steps=4", "--train.batch_size=4", "--train.seq_len=64",
         "--train.eval_every=0", "--train.tensorboard=false", "--train.precision=fp32", "--train.num_threads=1",
         f"--posttrain.init_from={start_ckpt}", f"--posttrain.train_data=[{data}]", "--posttrain.val_fraction=0.2",
-        f"--posttrain.kd.teacher={start_ckpt}", "--posttrain.packing=true"])
+        f"--posttrain.kd.teacher={start_ckpt}", "--posttrain.packing=true", *extra])
     s = run_posttrain("kd", cfg, post, progress=False)
     assert s["eval_before"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-5)  # student starts as the teacher
     assert s["eval_after"]["kl_to_teacher"] > 0

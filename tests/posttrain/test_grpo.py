@@ -63,6 +63,8 @@ def test_rollout_layout_trains_completions_only(tok, tmp_path):
     assert 1 <= n_trained <= 9
     stats = task.stats.pop()
     assert {"train_reward", "train_reward_std", "train_completion_length", "train_reward_math"} <= set(stats)
+    step = task.step_metrics()  # the per-step bucket is independent of the eval one
+    assert step["reward"] == pytest.approx(stats["train_reward"]) and task.step_metrics() == {}
 
 
 def test_loss_equals_hand_written_policy_gradient(tok, tmp_path):

@@ -74,7 +74,7 @@ class SourceConfig:
 
 
 def snapshot_hub_source(src: SourceConfig, cache_dir: str | None = None) -> Path:
-    """Local folder holding the hub repo's files that match `allow_patterns` (downloaded when `src.hub` is a repo id)."""
+    """Local folder with the hub repo's files matching `allow_patterns` (downloaded when `src.hub` is a repo id)."""
     local = Path(src.hub).expanduser()
     if local.is_dir():
         return local
@@ -146,8 +146,9 @@ def _tolerant_json_file(path: Path, key: str, src: SourceConfig, stats: dict) ->
 def _parquet_file(path: Path, key: str, src: SourceConfig, stats: dict) -> Iterator[tuple[str, str]]:
     try:
         yield from _iter_parquet_file(path, key, src.text_column or None, stats)
-    except SlmError:
-        if src.on_bad_record == "error" or "no column" in "":  # column errors are configuration, never skipped
+    except SlmError as e:
+        # A wrong column is configuration, never skipped; only an unreadable file is.
+        if src.on_bad_record == "error" or "not a readable parquet file" not in str(e):
             raise
         _count(stats, "skipped_files")
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses on a corrupt page mid-file
@@ -157,30 +158,35 @@ def _parquet_file(path: Path, key: str, src: SourceConfig, stats: dict) -> Itera
         _count(stats, "skipped_files")
 
 
+def file_documents(src: SourceConfig, root: Path, file: Path, stats: dict) -> Iterator[tuple[str, str]]:
+    """`(doc_key, text)` of one file of a local/hub source (keys relative to the source root)."""
+    single = root.is_file()
+    key = file.name if single else file.relative_to(root).as_posix()
+    kind = _kind(file, explicit=single or src.glob != "*")
+    if kind == "json":
+        if src.on_bad_record == "skip":
+            yield from _tolerant_json_file(file, key, src, stats)
+        else:
+            yield from _iter_json_file(file, key, src.text_column or None, "replace", stats)
+    elif kind == "parquet":
+        yield from _parquet_file(file, key, src, stats)
+    else:
+        mode = ("paragraph" if single else "file") if src.txt_split == "auto" else src.txt_split
+        yield from _iter_text_file(file, key, mode, "replace", stats)
+
+
 def _local_documents(src: SourceConfig, stats: dict) -> Iterator[tuple[str, str]]:
     root, files = source_files(src)
-    single = root.is_file()
-    explicit = single or src.glob != "*"
     for file in files:
-        key = file.name if single else file.relative_to(root).as_posix()
-        kind = _kind(file, explicit=explicit)
-        if kind == "json":
-            if src.on_bad_record == "skip":
-                yield from _tolerant_json_file(file, key, src, stats)
-            else:
-                yield from _iter_json_file(file, key, src.text_column or None, "replace", stats)
-        elif kind == "parquet":
-            yield from _parquet_file(file, key, src, stats)
-        else:
-            mode = ("paragraph" if single else "file") if src.txt_split == "auto" else src.txt_split
-            yield from _iter_text_file(file, key, mode, "replace", stats)
+        yield from file_documents(src, root, file, stats)
 
 
 def _streamed_documents(src: SourceConfig, stats: dict) -> Iterator[tuple[str, str]]:
     try:
         import datasets
     except ImportError:
-        raise SlmError(f"sources[{src.name}].hf_dataset: needs the datasets library; run `pip install datasets`") from None
+        raise SlmError(f"sources[{src.name}].hf_dataset: needs the datasets library; run `pip install datasets`"
+                       ) from None
     try:
         stream = datasets.load_dataset(src.hf_dataset, src.hf_config or None, split=src.hf_split, streaming=True)
     except Exception as e:  # unknown dataset/config/split, network

@@ -21,8 +21,12 @@ Decisions:
 - Speed: the prompt is prefilled in one pass; every decode step then goes through `Transformer.forward_step`, which has
   static shapes (the whole cache buffer, masked by `valid`) and reads no host value. `compile=True` hands that step to
   `torch.compile` once per model and (batch, cache length) — the cache length is then rounded up to a multiple of
-  `_COMPILE_BUCKET` so nearby requests share one compiled graph. Compiling costs tens of seconds up front and pays
-  back over long or repeated generations (a server, a benchmark), so it is opt-in. The one host read per step
+  `_COMPILE_BUCKET` so nearby requests share one compiled graph — with inductor's `freezing`: weights become
+  constants of the graph and are prepacked for oneDNN, which is what makes bf16 decode pay on CPU (unfrozen, bf16
+  matrix-vector products are no faster than fp32 here; see bench/decode.py). Frozen weights go stale when the model
+  changes, so a call after any in-place update of a parameter (an optimizer step, `load_state_dict`) resets
+  dynamo's caches and compiles again. Compiling costs tens of seconds up front and pays back over long or repeated
+  generations (a server, a benchmark), so it is opt-in. The one host read per step
   (`token.tolist()`) stays: EOS handling and `on_token` streaming need the ids on the host anyway, and on CPU there
   is no asynchronous queue for it to stall.
 """
@@ -85,14 +89,31 @@ def _step_fn(model: nn.Module, compile: bool) -> StepFn:
     host-side `cache.advance(1)` kept outside the compiled graph."""
     if not compile:
         return lambda ids, cache, mask: model(ids, cache=cache, attention_mask=mask)
-    compiled = getattr(model, "_slm_compiled_step", None)
-    if compiled is None:
-        compiled = torch.compile(model.forward_step, dynamic=False)
-        model._slm_compiled_step = compiled
+    import torch._inductor.config as inductor_config
+
+    weights = tuple((id(p), p._version) for p in model.parameters())  # changes on any in-place update or swap
+    built = getattr(model, "_slm_compiled_step", None)
+    if built is None or built[0] != weights:
+        if built is not None:
+            torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
+        built = (weights, torch.compile(model.forward_step, dynamic=False))
+        model._slm_compiled_step = built
+    compiled = built[1]
+    checked = [False]  # this generation's first step has run with dynamo's full guard check
 
     def step(ids: torch.Tensor, cache: KVCache, mask: torch.Tensor) -> torch.Tensor:
         cache.advance(1)
-        return compiled(ids, cache, mask)
+        # Read when (re)compiling, which happens inside the call. concat_linear merges q/k/v and gate/up into one
+        # matmul each (fewer, larger matrix-vector products: measured faster at batch 1).
+        with inductor_config.patch({"freezing": True, "cpp.enable_concat_linear": True}):
+            if not checked[0]:
+                checked[0] = True
+                return compiled(ids, cache, mask)
+            # Later steps of one generation pass the same cache tensors and same-shaped ids/mask under the same
+            # weights, so the guards that picked the graph at step one hold; skipping their evaluation saves a
+            # check over every parameter and cache tensor per token (about as long as the step of a small model).
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return compiled(ids, cache, mask)
 
     return step
 

@@ -6,8 +6,11 @@ Decisions:
   a renaming with no permutation of q/k weights, and HF checkpoints import the same way.
 - Attention is `F.scaled_dot_product_attention`: flash/memory-efficient kernels on CUDA, a fused kernel on CPU. The
   training path passes `is_causal=True` (no mask tensor); the cached path passes an explicit boolean mask built by
-  `KVCache.reserve`, which also hides left padding. GQA expands K/V with `repeat_interleave` only when SDPA's
-  `enable_gqa` is unavailable.
+  `KVCache.reserve`, which also hides left padding. GQA uses SDPA's `enable_gqa` (K/V are never copied per query
+  head); `repeat_interleave` only when that is unavailable. A hand-written grouped-query attention (matmuls + fp32
+  softmax) under torch.compile trained no faster on CPU than the SDPA kernel, so there is none.
+- One-token calls with a cache go through `forward_step`, the static-shape decode step (see `slm.model.cache`): the
+  same maths over the whole cache buffer, with no host reads, so it can be compiled once and replayed per token.
 - `forward(..., return_hidden=True)` returns the final normalised hidden states so the loss can be computed in chunks
   against `output_weight` without materialising (B, T, vocab) fp32 logits (see `slm.model.loss`).
 - This module knows nothing about tokenizers, data or training.

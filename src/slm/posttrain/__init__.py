@@ -1,7 +1,9 @@
 """Post-training: SFT, DPO, logit distillation (KD) and GRPO as Tasks for the one trainer, teacher generation, chat.
 
-`slm.posttrain.run.run_posttrain(method, cfg, post)` is the entry point; `slm.posttrain.cli.register` adds the
-`slm sft|dpo|distill|grpo|chat` subcommands.
+Modules: `config` (the recipe's `posttrain:` section), `data` (conversations, preference pairs, prompts; bad-example
+policy), `sequence` (resumable loader, padding, packing with document masking, chunked log-probs), `sft`, `dpo`,
+`distill` (teacher generation + KD), `grpo`, `run` (method name -> Task builder, the runner), `chat` (terminal chat),
+`bigbench` (demo data), `cli` (`register(sub)` adds `slm sft|dpo|distill|grpo|chat`).
 """
 
 from .config import DPOConfig, GenerateConfig, GRPOConfig, KDConfig, PostTrainConfig, load_posttrain_config

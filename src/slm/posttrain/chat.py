@@ -66,8 +66,11 @@ def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], 
 
 
 def run_chat(model: nn.Module, formatter: ChatFormatter, cfg: SamplingConfig, *, system_prompt: str = "",
-             input_fn: Callable[[str], str] = input, print_fn: Callable[..., Any] = print) -> list[Message]:
-    """Chat until /quit or EOF; returns the final conversation."""
+             input_fn: Callable[[str], str] | None = None, print_fn: Callable[..., Any] | None = None
+             ) -> list[Message]:
+    """Chat until /quit or EOF; returns the final conversation. `input_fn`/`print_fn` default to input/print."""
+    input_fn = input_fn or input
+    print_fn = print_fn or print
     system = system_prompt
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     print_fn(f"slm chat: temperature={cfg.temperature} max_new_tokens={cfg.max_new_tokens}. /help for commands, "

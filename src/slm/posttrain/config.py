@@ -34,6 +34,7 @@ class KDConfig:
     loss: str = "forward"  # forward KL(teacher||student) (mode covering) | reverse KL(student||teacher) (mode seeking)
     alpha: float = 0.5  # weight of the KD term; (1 - alpha) goes to the usual CE on the data
     temperature: float = 1.0  # softens both distributions; the KD term is scaled by T^2 (Hinton et al.)
+    topk: int = 0  # 0 = teacher logits on the fly; K = cache the teacher's top-K log-probs once and train from them
 
     def __post_init__(self) -> None:
         if self.loss not in ("forward", "reverse"):
@@ -42,6 +43,8 @@ class KDConfig:
             raise SlmError(f"--posttrain.kd.alpha={self.alpha}: must be in [0, 1]")
         if self.temperature <= 0:
             raise SlmError(f"--posttrain.kd.temperature={self.temperature}: must be > 0")
+        if self.topk < 0:
+            raise SlmError(f"--posttrain.kd.topk={self.topk}: must be >= 0 (0 = no cache)")
 
 
 @dataclass(kw_only=True)

@@ -28,7 +28,12 @@ Decisions (KD):
 - Both distributions are restricted to the ids both models have (the student may pad its vocabulary to 64), and the
   tokenizers must be identical (same hash) — logits over different vocabularies cannot be compared.
 - Logits are computed for trained positions only, in row chunks, the student's under activation checkpointing, so
-  neither model ever holds (B, T, V) logits for backward. Teacher logits are recomputed each step (no cache on disk).
+  neither model ever holds (B, T, V) logits for backward.
+- Teacher logits are recomputed each step by default. With `kd.topk = K` the teacher's top-K log-probs at every
+  trained position are computed once (train and val), saved to <run dir>/teacher_topk.safetensors (reused when the
+  teacher, K and examples match: resumes and reruns skip it) and the teacher is freed; the KL is then taken over those
+  K ids with both distributions renormalised there (exact for K = vocab, tested). It trades a pass over the data and
+  a few hundred bytes per token for no teacher forward per step.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +58,7 @@ from ..train import checkpoint as ckpt
 from ..train.checkpoint import unwrap
 from .config import GenerateConfig, KDConfig
 from .data import BadExamples, Example, load_prompts
-from .sequence import packed_hidden
+from .sequence import packed_hidden, pad_batch, shift_example
 from .sft import SFTTask
 
 SCHEMA = "slm-distill-v1"
@@ -197,52 +203,175 @@ def kd_token_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return out
 
 
-def _kd_chunk(h: torch.Tensor, w: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-              kd: KDConfig) -> torch.Tensor:
-    return kd_token_losses(F.linear(h, w), teacher_logits, y, kd).sum()
+def kd_topk_token_losses(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp: torch.Tensor,
+                         targets: torch.Tensor, kd: KDConfig) -> torch.Tensor:
+    """Like `kd_token_losses`, with the teacher known only on its top-k ids (n, k) (log-probs (n, k)): both
+    distributions are restricted to those ids and renormalised (at temperature T). With k = vocab this is exact."""
+    s = student_logits.float()
+    T = kd.temperature
+    log_ps = F.log_softmax(s.gather(-1, topk_ids) / T, -1)
+    log_pt = F.log_softmax(topk_logp.float() / T, -1)
+    if kd.loss == "forward":
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    else:
+        kl = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
+    out = kd.alpha * T * T * kl
+    if kd.alpha < 1.0:
+        out = out + (1.0 - kd.alpha) * F.cross_entropy(s, targets, reduction="none")
+    return out
+
+
+def _kd_chunk(h: torch.Tensor, w: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, kd: KDConfig,
+              topk_logp: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed KD loss of a chunk: `teacher` is full logits (n, V_t), or top-k ids (n, k) when `topk_logp` is given."""
+    if topk_logp is None:
+        return kd_token_losses(F.linear(h, w), teacher, y, kd).sum()
+    return kd_topk_token_losses(F.linear(h, w), teacher, topk_logp, y, kd).sum()
+
+
+# ------------------------------------------------------------------------------------------------- cached teacher
+
+
+class TopKCache:
+    """The teacher's top-k log-probs at every trained position of the train and val examples, in example order."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.t = tensors
+
+    def rows(self, split: str, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (n, k) long, log-probs (n, k)) of the trained positions of `indices`, concatenated in that order."""
+        offsets = self.t[f"{split}_offsets"]
+        parts = [(int(offsets[i]), int(offsets[i + 1])) for i in indices]
+        ids = torch.cat([self.t[f"{split}_ids"][a:b] for a, b in parts]).long()
+        logp = torch.cat([self.t[f"{split}_logp"][a:b] for a, b in parts])
+        return ids, logp
+
+
+def _teacher_topk(teacher: Transformer, examples: list[Example], k: int, pad_id: int, device: torch.device,
+                  batch_size: int = 8, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    offsets, ids, logps = [0], [], []
+    for s in range(0, len(examples), batch_size):
+        x, y = pad_batch([shift_example(e.ids, e.mask) for e in examples[s:s + batch_size]], pad_id)
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            h = teacher(x, return_hidden=True)[y != IGNORE_INDEX]  # (n, C), row-major = example order
+            for c in range(0, h.shape[0], chunk):
+                lp = F.linear(h[c:c + chunk], teacher.output_weight).float().log_softmax(-1)
+                v, i = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                ids.append(i.to(torch.int32).cpu())
+                logps.append(v.cpu())
+        for n in (y != IGNORE_INDEX).sum(-1).tolist():
+            offsets.append(offsets[-1] + n)
+    return {"offsets": torch.tensor(offsets, dtype=torch.int64), "ids": torch.cat(ids), "logp": torch.cat(logps)}
+
+
+def topk_cache(path: Path, teacher: Transformer, train: list[Example], val: list[Example], *, k: int, pad_id: int,
+               device: torch.device, teacher_name: str) -> TopKCache:
+    """Load the cache at `path` when it was made from the same teacher, k and examples; else build and save it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from ..errors import atomic_path
+    from .data import content_id
+
+    fingerprint = content_id([teacher_name, k, [(e.ids, e.mask) for e in train], [(e.ids, e.mask) for e in val]])
+    if path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                same = (f.metadata() or {}).get("fingerprint") == fingerprint
+            if same:
+                return TopKCache(load_file(str(path)))
+        except (SafetensorError, OSError):
+            pass  # unreadable: rebuilt below
+    tensors = {}
+    for split, examples in (("train", train), ("val", val)):
+        if examples:
+            for key, t in _teacher_topk(teacher, examples, k, pad_id, device).items():
+                tensors[f"{split}_{key}"] = t
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "teacher": teacher_name, "k": str(k)})
+    return TopKCache(tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------- KD task
+
+
+@dataclass
+class KDBatch:
+    """An SFT batch plus the example indices it holds (to find their cached teacher rows) and its split."""
+
+    base: Any
+    indices: list[int]
+    split: str = "train"
 
 
 class KDTask(SFTTask):
-    """SFT data and batching; the loss mixes KL to a frozen teacher with the data's cross-entropy."""
+    """SFT data and batching; the loss mixes KL to a frozen teacher (live or cached top-k) with the data's CE."""
 
     def __init__(self, train: list[Example], val: list[Example], cfg: RunConfig, kd: KDConfig, *,
-                 teacher: Transformer, teacher_tokenizer: Tokenizer | None, tokenizer: Tokenizer, pad_id: int,
-                 packing: bool = False, autocast_dtype: torch.dtype | None = None) -> None:
+                 teacher: Transformer | None, teacher_tokenizer: Tokenizer | None, tokenizer: Tokenizer, pad_id: int,
+                 packing: bool = False, autocast_dtype: torch.dtype | None = None,
+                 cache: TopKCache | None = None) -> None:
         super().__init__(train, val, cfg, pad_id=pad_id, packing=packing, autocast_dtype=autocast_dtype)
         if teacher_tokenizer is not None and teacher_tokenizer.hash() != tokenizer.hash():
             raise SlmError("--posttrain.kd.teacher: the teacher's tokenizer differs from the student's; logit "
                            "distillation needs one shared vocabulary (use slm distill generate + slm sft instead)")
-        self.kd, self.teacher = kd, teacher
+        if teacher is None and cache is None:
+            raise SlmError("KD needs a teacher model or a cache of its top-k log-probs")
+        self.kd, self.teacher, self.cache = kd, teacher, cache
 
-    def teacher_hidden(self, batch: Any) -> torch.Tensor:
+    # batches carry their example indices so cached teacher rows can be looked up
+    def collate_padded(self, rows: list[list[int]]) -> KDBatch:
+        return KDBatch(super().collate_padded(rows), [i for r in rows for i in r])
+
+    def collate_packed(self, rows: list[list[int]], width: int) -> KDBatch:
+        return KDBatch(super().collate_packed(rows, width), [i for r in rows for i in r])
+
+    def count(self, batch: Any) -> int:
+        return super().count(batch.base)
+
+    def tokens(self, batch: Any) -> int:
+        return super().tokens(batch.base)
+
+    def _teacher_hidden(self, base: Any) -> torch.Tensor:
         self.teacher.to(self.device)
         with torch.no_grad():
-            if isinstance(batch, dict):
-                b = {k: v.to(self.device) for k, v in batch.items()}
+            if isinstance(base, dict):
+                b = {k: v.to(self.device) for k, v in base.items()}
                 return packed_hidden(self.teacher, b["x"], b["doc"], b["pos"])
-            return self.teacher(batch[0].to(self.device), return_hidden=True)
+            return self.teacher(base[0].to(self.device), return_hidden=True)
 
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
-        hidden, y = self.hidden(model, batch)
-        t_hidden = self.teacher_hidden(batch)
+    def _summed(self, model: torch.nn.Module, batch: KDBatch, kd: KDConfig, chunk: int) -> torch.Tensor:
+        hidden, y = self.hidden(model, batch.base)
         valid = y != IGNORE_INDEX
-        hs, ht, yv = hidden[valid], t_hidden[valid], y[valid]  # (n, C), (n, C_t), (n,)
-        w, tw = unwrap(model).output_weight, self.teacher.output_weight
+        hs, yv = hidden[valid], y[valid]  # (n, C), (n,): row-major, i.e. the order of the cached rows
+        w = unwrap(model).output_weight
+        if self.cache is not None:
+            ids, logp = (t.to(self.device) for t in self.cache.rows(batch.split, batch.indices))
+        else:
+            ht = self._teacher_hidden(batch.base)[valid]
         total = hidden.new_zeros((), dtype=torch.float32)
-        for s in range(0, hs.shape[0], loss_chunk):
-            with torch.no_grad():
-                t_logits = F.linear(ht[s:s + loss_chunk], tw)
-            total = total + checkpoint(_kd_chunk, hs[s:s + loss_chunk], w, t_logits, yv[s:s + loss_chunk], self.kd,
-                                       use_reentrant=False)
+        for s in range(0, hs.shape[0], chunk):
+            if self.cache is not None:
+                teacher, extra = ids[s:s + chunk], logp[s:s + chunk]
+            else:
+                with torch.no_grad():
+                    teacher, extra = F.linear(ht[s:s + chunk], self.teacher.output_weight), None
+            args = (hs[s:s + chunk], w, teacher, yv[s:s + chunk], kd, extra)
+            total = total + (checkpoint(_kd_chunk, *args, use_reentrant=False) if torch.is_grad_enabled()
+                             else _kd_chunk(*args))
         return total
 
+    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
+        return self._summed(model, batch, self.kd, loss_chunk)
+
     def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
-        """Held-out CE loss (comparable with plain SFT) plus the KL to the teacher at T=1."""
+        """Held-out CE loss (comparable with plain SFT) plus the KL to the teacher at T=1 (on its top-k if cached)."""
         out = super().evaluate(model, seq_len, max_batches)
         if not out:
             return out
-        from .sequence import pad_batch, shift_example
-
         probe = KDConfig(teacher=self.kd.teacher, loss=self.kd.loss, alpha=1.0, temperature=1.0)
         shifted = [shift_example(e.ids, e.mask) for e in self.val_examples]
         bs, kl, n = self.cfg.eval.batch_size, 0.0, 0
@@ -253,13 +382,10 @@ class KDTask(SFTTask):
                 for b, s in enumerate(range(0, len(shifted), bs)):
                     if max_batches and b >= max_batches:
                         break
-                    batch = pad_batch(shifted[s:s + bs], self.pad_id)
-                    h, y = self.hidden(model, batch)
-                    th = self.teacher_hidden(batch)
-                    valid = y != IGNORE_INDEX
-                    kl += float(_kd_chunk(h[valid], unwrap(model).output_weight,
-                                          F.linear(th[valid], self.teacher.output_weight), y[valid], probe))
-                    n += int(valid.sum())
+                    batch = KDBatch(pad_batch(shifted[s:s + bs], self.pad_id), list(range(s, min(s + bs,
+                                                                                               len(shifted)))), "val")
+                    kl += float(self._summed(model, batch, probe, self.cfg.train.loss_chunk))
+                    n += self.count(batch)
         finally:
             model.train(was_training)
         return {**out, "kl_to_teacher": kl / max(n, 1)}

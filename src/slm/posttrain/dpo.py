@@ -15,8 +15,9 @@ Decisions:
 - A batch is B pairs laid out as 2B rows (chosen rows then rejected rows), right-padded together: one forward pass
   for both halves. `count` is the number of pairs, so the trainer's normalisation yields the mean loss per pair.
 - Held-out evaluation reports the DPO loss and reward accuracy, plus `pref_accuracy`: the share of pairs where the
-  policy alone gives the chosen completion the higher log-probability. That one is defined before any training
-  (rewards are all zero at the start), so it is the before/after figure of a DPO run.
+  policy alone gives the chosen completion the higher log-probability (and `pref_accuracy_norm`, the same per token,
+  which does not favour the shorter answer). These are defined before any training (rewards are all zero at the
+  start), so they are the before/after figures of a DPO run.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PhaseConfig, RunConfig
-from ..model import Transformer
+from ..model import IGNORE_INDEX, Transformer
 from ..train.distributed import DistInfo
 from .config import DPOConfig
 from .data import PreferencePair
 from .sequence import RowLoader, RunningStats, pad_batch, sequence_logprobs, shift_example
+
+
+def _lengths(batch: dict) -> torch.Tensor:
+    """Completion tokens of each row (2B,), at least 1."""
+    return (batch["y"] != IGNORE_INDEX).sum(-1).clamp(min=1).float()
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -86,19 +92,25 @@ class DPOTask:
         B = policy.shape[0] // 2
         losses, r_chosen, r_rejected = dpo_loss(policy[:B], policy[B:], ref[:B], ref[B:], self.dpo.beta,
                                                 self.dpo.label_smoothing)
-        self._record(self.stats, r_chosen, r_rejected, policy.detach(), B)
+        self._record(self.stats, r_chosen, r_rejected, policy.detach(), _lengths(batch), B)
         return losses.sum()
 
     @staticmethod
     def _record(stats: RunningStats, r_chosen: torch.Tensor, r_rejected: torch.Tensor, policy: torch.Tensor,
-                B: int) -> None:
+                lengths: torch.Tensor, B: int) -> None:
         stats.add("rewards_chosen", r_chosen.mean(), B)
         stats.add("rewards_rejected", r_rejected.mean(), B)
         stats.add("rewards_margin", (r_chosen - r_rejected).mean(), B)
         stats.add("rewards_accuracy", (r_chosen > r_rejected).float().mean(), B)
         stats.add("pref_accuracy", (policy[:B] > policy[B:]).float().mean(), B)
+        per_token = policy.cpu() / lengths  # length-normalised log-prob: long answers are not penalised for length
+        stats.add("pref_accuracy_norm", (per_token[:B] > per_token[B:]).float().mean(), B)
         stats.add("logps_chosen", policy[:B].mean(), B)
         stats.add("logps_rejected", policy[B:].mean(), B)
+
+    def step_metrics(self) -> dict[str, float]:
+        """Statistics of the micro-batches since the last call (one optimizer step when the trainer asks per step)."""
+        return self.stats.pop("", bucket="step")
 
     def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
         out = self.stats.pop("train_")
@@ -123,7 +135,7 @@ class DPOTask:
                                               self.dpo.label_smoothing)
                     total += float(losses.sum())
                     n += B
-                    self._record(val, rc, rr, policy, B)
+                    self._record(val, rc, rr, policy, _lengths(batch), B)
         finally:
             model.train(was_training)
         return {"loss": total / max(n, 1), **val.pop(""), "pairs": n, **out}

@@ -14,7 +14,8 @@ Decisions:
   same object the trainer optimises, passed in at construction), so generation always uses the current weights and
   the trainer stays method-agnostic. Sampling uses the batched KV-cache engine, G samples per prompt in one call.
 - With `num_iterations` = 1 (default) pi_old is pi detached: ratio 1, the clip inactive, the gradient the plain
-  advantage-weighted policy gradient. With mu > 1 each rollout batch is reused for mu optimizer steps, pi_old's
+  advantage-weighted policy gradient. The logged loss is then ~0 by construction (advantages sum to zero within a
+  group); the reward statistics, not the loss, show progress. With mu > 1 each rollout batch is reused for mu optimizer steps, pi_old's
   log-probs are stored at sampling time and the clip bounds how far those steps move.
 - A completion that stopped gets its end-of-turn token appended as a trained token (the model must learn to stop);
   one cut at `max_completion_tokens` has none. Prompt tokens never carry loss.
@@ -222,6 +223,10 @@ class GRPOTask:
         return ((per_token * mask).sum(-1) / lengths).sum()
 
     # -- eval -----------------------------------------------------------------------------------------------------
+    def step_metrics(self) -> dict[str, float]:
+        """Statistics of the micro-batches since the last call (one optimizer step when the trainer asks per step)."""
+        return self.stats.pop("", bucket="step")
+
     def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
         out = self.stats.pop("train_")
         prompts = self.val_prompts[: self.grpo.eval_prompts]

@@ -92,9 +92,16 @@ def _build_kd(ctx: PostTrainContext) -> Any:
     if not ctx.post.kd.teacher:
         raise SlmError("--posttrain.kd.teacher: required for slm distill kd (an slm checkpoint or HF model folder)")
     teacher, teacher_tok = load_teacher(ctx.post.kd.teacher, ctx.dist.device)
+    cache = None
+    if ctx.post.kd.topk:
+        from .distill import topk_cache
+
+        cache = topk_cache(ctx.cfg.run_dir() / "teacher_topk.safetensors", teacher, train, val, k=ctx.post.kd.topk,
+                           pad_id=ctx.tokenizer.pad_id, device=ctx.dist.device, teacher_name=ctx.post.kd.teacher)
+        teacher = None  # trained from the cache: the teacher's memory is freed
     return KDTask(train, val, ctx.cfg, ctx.post.kd, teacher=teacher, teacher_tokenizer=teacher_tok,
                   tokenizer=ctx.tokenizer, pad_id=ctx.tokenizer.pad_id, packing=ctx.post.packing,
-                  autocast_dtype=ctx.autocast_dtype)
+                  autocast_dtype=ctx.autocast_dtype, cache=cache)
 
 
 def _build_grpo(ctx: PostTrainContext) -> Any:
@@ -143,7 +150,9 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
     if resume is not None:
         model.load_state_dict(ckpt.load_state_dict(resume))
     tokenizer = ckpt.load_tokenizer_of(start)
-    if tokenizer is None:
+    if tokenizer is not None:
+        cfg.tokenizer = start_cfg.tokenizer  # the saved config then describes the tokenizer the run really used
+    else:
         from ..pipeline import build_tokenizer
 
         if cfg.tokenizer.kind == "bpe":
@@ -171,6 +180,7 @@ def run_posttrain(method: str, cfg: RunConfig, post: PostTrainConfig, *, progres
     if ctx.tokenizer is not None and ctx.formatter.template != ctx.tokenizer.chat_template:
         ctx.tokenizer.chat_template = ctx.formatter.template  # saved checkpoints chat with the template trained on
     task = METHODS[method](ctx)
+    task.device = ctx.dist.device  # the loader sets it too; the "before" eval runs before any loader exists
     if ctx.bad.total:
         print(f"skipped {ctx.bad.total} bad examples: {ctx.bad.summary()}")
     run_dir = cfg.run_dir()

@@ -11,13 +11,15 @@ Decisions:
 - Packing concatenates whole examples, never splitting one, and keeps them apart with a block-diagonal causal mask and
   per-document RoPE positions, so the packed loss equals the unpacked loss (tested). The model's own forward has no
   document-mask argument yet, so `packed_hidden` walks its blocks directly, passing the mask where the KV-cache path
-  passes its own; the proposed `Transformer.forward(doc_ids=...)` change makes this a one-line call (and DDP-safe).
+  passes its own; once `Transformer.forward` takes `doc_ids`/`position_ids` (proposed change) that path is used
+  instead, which also makes packing DDP-safe.
 - Per-token log-probs (DPO, GRPO) are computed from hidden states in row chunks under activation checkpointing, so a
   49k-vocab model never holds (B, T, V) fp32 logits for backward — the same reason `chunked_cross_entropy` exists.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,10 +28,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import SlmError
-from ..model import IGNORE_INDEX
+from ..model import IGNORE_INDEX, Transformer
 from ..train.checkpoint import unwrap
 
 Row = list[int]  # example indices in one row
+_MODEL_HAS_DOC_MASK = "doc_ids" in inspect.signature(Transformer.forward).parameters
 
 
 class RowLoader:
@@ -140,6 +143,8 @@ def document_mask(doc: torch.Tensor) -> torch.Tensor:
 
 def packed_hidden(model: torch.nn.Module, x: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Final normalised hidden states (B, T, C) of packed rows, with document masking and per-document positions."""
+    if _MODEL_HAS_DOC_MASK:  # the model's own path (proposed in the issue-4 report): DDP-safe
+        return model(x, doc_ids=doc, position_ids=pos, return_hidden=True)
     if hasattr(model, "module") and hasattr(model, "no_sync"):
         raise SlmError("--posttrain.packing under DDP needs Transformer.forward(doc_ids=...) (not yet in the "
                        "model); use padding (--posttrain.packing=false) for multi-process runs")
@@ -186,18 +191,21 @@ def sequence_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 class RunningStats:
-    """Weighted running means of named training statistics, read (and reset) at each eval."""
+    """Weighted running means of named training statistics, kept twice: read (and reset) at each eval, and per
+    optimizer step by `Task.step_metrics` (for a trainer that logs per-step task metrics)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.weights: dict[str, float] = defaultdict(float)
+        self.buckets: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+            b: (defaultdict(float), defaultdict(float)) for b in ("eval", "step")}
 
     def add(self, name: str, value: float, weight: float = 1.0) -> None:
-        self.sums[name] += float(value) * weight
-        self.weights[name] += weight
+        for sums, weights in self.buckets.values():
+            sums[name] += float(value) * weight
+            weights[name] += weight
 
-    def pop(self, prefix: str = "train_") -> dict[str, float]:
-        out = {f"{prefix}{k}": self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-        self.sums.clear()
-        self.weights.clear()
+    def pop(self, prefix: str = "train_", bucket: str = "eval") -> dict[str, float]:
+        sums, weights = self.buckets[bucket]
+        out = {f"{prefix}{k}": sums[k] / weights[k] for k in sums if weights[k] > 0}
+        sums.clear()
+        weights.clear()
         return out

@@ -4,9 +4,12 @@ Every record goes to `metrics.jsonl` (one JSON object per line with a "kind": tr
 per-kind CSV with a fixed header; TensorBoard and W&B get the numeric fields. On resume the files are truncated to the
 resumed step so a resumed run's logs read as if it had never stopped.
 
-MFU needs a peak: on CUDA it comes from a table of dense bf16/fp16 tensor-core peaks per GPU model; on CPU there is no
-table worth trusting (clock, cores and AMX vary), so the peak is measured once per process with a large GEMM in the
-run's compute dtype.
+MFU needs a peak: on CUDA it comes from a table of dense bf16/fp16 tensor-core peaks per GPU model (fp32 counts as
+TF32 at half that rate only when TF32 matmuls are allowed; otherwise it is measured); on CPU there is no table worth
+trusting (clock, cores, AMX and the neighbours' load vary), so the peak is measured once per process in the run's
+compute dtype: the best of a few repetitions of square GEMMs of three sizes. One size alone understates the peak —
+on a 2-core AMX CPU a cube that misses the L2 cache runs well below a smaller one — and an understated peak
+overstates MFU.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,7 +40,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         name = torch.cuda.get_device_name(device)
         tflops = next((p for frag, p in _GPU_PEAK_TFLOPS if frag in name), 0.0)
         if dtype == torch.float32:
-            tflops /= 2  # TF32 tensor cores: about half the bf16 rate
+            # TF32 tensor cores run at about half the bf16 rate; without TF32, fp32 is far slower: measure it.
+            tflops = tflops / 2 if torch.backends.cuda.matmul.allow_tf32 else 0.0
         peak = tflops * 1e12 if tflops else measure_gemm_flops(device, dtype)
     else:
         peak = measure_gemm_flops(device, dtype)
@@ -45,21 +49,26 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return peak
 
 
-def measure_gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 1536, reps: int = 6) -> float:
-    """Best-of-`reps` FLOP/s of an n x n x n matmul: the practical peak of this machine for this dtype."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up (oneDNN/cuBLAS kernel selection)
-    best = float("inf")
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def measure_gemm_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 1536, 2048),
+                       reps: int = 4, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Best FLOP/s over `reps` runs of n x n x n matmuls for each n in `sizes`: this machine's practical peak.
+
+    `clock` = time.process_time gives the per-core peak in CPU time (for benchmarks timed that way on a busy machine).
+    """
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up (oneDNN/cuBLAS kernel selection)
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = clock()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = max(best, 2 * n**3 / max(clock() - t0, 1e-9))
+    return best
 
 
 class MetricsLogger:

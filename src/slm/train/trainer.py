@@ -300,6 +300,9 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
                 lr = optimizer.param_groups[0]["lr"]
                 record = dict(loss=loss_val, lr=lr, grad_norm=gnorm_val, tok_per_s=tok_s, mfu=mfu,
                               tokens=state["tokens"], seq_len=phase.seq_len, phase=phase_idx)
+                step_metrics = getattr(task, "step_metrics", None)  # method-specific (DPO rewards, GRPO rewards)
+                if step_metrics is not None:
+                    record.update(step_metrics())
                 if step % tc.log_every == 0 or step == total_steps or step == 1:
                     logger.log("train", step, **record)
                 else:

@@ -1,0 +1,84 @@
+"""Command-line entry points of the data pipeline: `slm data prepare <data recipe>.yaml` and `slm data upload`.
+
+`cli.py` owns the parser; a YAML with a top-level `sources:` key is a data-pipeline recipe (`slm.data.pipeline`) and is
+dispatched here, any other YAML is a run recipe for the one-pass `prepare_dataset`. Overrides use the same
+`--section.key=value` grammar as run recipes (`--executor.workers=2`, `--mix.total_tokens=1e9`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def is_data_recipe(path: str | Path) -> bool:
+    """True when the YAML file has a top-level `sources:` key (a data-pipeline recipe)."""
+    from slm.config import read_yaml
+
+    return "sources" in read_yaml(path)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB"
+
+
+def format_report(report: dict) -> str:
+    """A few lines per stage: documents, bytes, removed counts, mix targets vs written tokens."""
+    lines = [f"data pipeline report: {report.get('name', '')}"]
+    for stage in ("read", "clean", "exact_dedup", "near_dedup"):
+        info = report.get(stage) or {}
+        removed = info.get("removed_documents")
+        extra = f", removed {removed:,}" if removed is not None else ""
+        lines.append(f"  {stage:<11} {info.get('documents', 0):>10,} docs  {_mb(info.get('bytes', 0)):>12}{extra}")
+    for fid, removed in (report.get("clean") or {}).get("removed", {}).items():
+        lines.append(f"    filter {fid}: removed {removed['documents']:,} docs ({_mb(removed['bytes'])})")
+    contamination = (report.get("near_dedup") or {}).get("contamination")
+    if contamination:
+        lines.append(f"    train docs near-duplicating val (removed): {contamination['train_docs_matching_val']:,}")
+    for p in report.get("mix", []):
+        lines.append(f"  mix {p['source']}: weight {p['weight']:g} -> target {p['target_tokens']:,} tokens, "
+                     f"written {p['written']['tokens']:,} ({100 * p['error']:+.2f}%)")
+    for split, info in (report.get("pack") or {}).items():
+        lines.append(f"  pack {split}: {info.get('tokens', 0):,} tokens in {info.get('shards', 0)} shard(s)")
+    if "timings_s" in report:
+        lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items()))
+    return "\n".join(lines)
+
+
+def run_data_recipe(path: str, overrides: list[str], out: str | None) -> dict:
+    """Run (or resume) the pipeline of a data recipe; `out` overrides the recipe's output folder. Prints a summary."""
+    from slm.data.pipeline import load_data_recipe, run_data_pipeline
+
+    recipe = load_data_recipe(path, overrides)
+    if out:
+        recipe.out = str(out)
+    report = run_data_pipeline(recipe)
+    if "submitted" in report:
+        print(f"submitted stages {', '.join(report['submitted'])}; dataset will be written to {report['out']}")
+    else:
+        print(format_report(report))
+        print(f"dataset: {recipe.out_dir()} (report.json beside the shards)")
+    return report
+
+
+def cmd_data_upload(args: argparse.Namespace) -> int:
+    from slm.data.upload import upload_dataset
+
+    where = upload_dataset(args.folder, args.target, private=args.private, revision=args.revision,
+                           message=args.message)
+    print(f"uploaded {args.folder} -> {where}")
+    return 0
+
+
+def register_upload(data_sub: argparse._SubParsersAction) -> None:
+    """Add `slm data upload FOLDER TARGET` to the `slm data` subcommands."""
+    p = data_sub.add_parser("upload", help="Push a prepared dataset folder to the HF Hub (or copy it to a path)",
+                            description="Upload a prepared dataset folder (manifest.json, shards, tokenizer, report) "
+                                        "to a Hub dataset repo with huggingface_hub, or copy it to a local path")
+    p.add_argument("folder", help="prepared dataset folder (holds manifest.json)")
+    p.add_argument("target", help="Hub dataset repo id owner/name, or a local path (./dir, /abs/dir, file://...)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--revision", default="", help="branch to upload to (default: main)")
+    p.add_argument("--message", default="", help="commit message")
+    p.set_defaults(fn=cmd_data_upload)
+

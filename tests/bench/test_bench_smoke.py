@@ -1,0 +1,31 @@
+"""Each bench script runs end to end with --quick and ends with its one `key=value` line (figures are not checked:
+speed targets live in the scripts' output, never in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+LAST_LINE_KEYS = {
+    "train_throughput.py": ["slm_tok_s", "hf_fp32_tok_s", "hf_bf16_tok_s", "ratio_fp32", "ratio_bf16", "mfu_bf16"],
+    "decode.py": ["ratio_b1", "ratio_b8"],
+    "memory.py": ["slm_peak_mib", "hf_peak_mib", "ratio"],
+}
+
+
+@pytest.mark.slow  # each takes 30-90 s on 2 cores (HF models, subprocesses)
+@pytest.mark.parametrize("script", sorted(LAST_LINE_KEYS))
+def test_bench_quick_run_ends_with_key_value_line(script):
+    pytest.importorskip("transformers")
+    out = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    figures = dict(item.split("=", 1) for item in last.split())
+    assert list(figures)[:len(LAST_LINE_KEYS[script])] == LAST_LINE_KEYS[script]
+    for key, value in figures.items():
+        assert float(value) > 0, f"{key}={value}"
