@@ -86,6 +86,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from .pipeline import stage_data, stage_tokenizer
     from .tokenizer import load_tokenizer
 
+    from .data.datacli import is_data_recipe, run_data_recipe
+
+    if args.recipe and is_data_recipe(args.recipe):  # top-level `sources:`: the datatrove pipeline (recipes/data/)
+        run_data_recipe(args.recipe, args.overrides + (["--progress=false"] if args.quiet else []), args.out or None)
+        return 0
+    if not args.out:
+        raise SlmError("slm data prepare: --out DIR is required for a run recipe")
     cfg = _load_cfg(args)
     out = Path(args.out)
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else stage_tokenizer(cfg, out.parent / f"{out.name}.tokenizer",
@@ -184,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="Data commands").add_subparsers(dest="sub", metavar="SUB", required=True)
     _recipe_parser(data, "prepare", cmd_data_prepare, "Tokenize and pack a recipe's corpus into token shards",
-                   out={"required": True, "help": "output folder for shards + manifest.json"},
+                   out={"default": "", "help": "output folder for shards + manifest.json (data recipes: default "
+                        "from the recipe's out:)"},
                    tokenizer={"default": "", "help": "existing tokenizer (dir or tokenizer.json); default: build "
                               "the recipe's tokenizer next to --out"})
     st = data.add_parser("stats", help="Documents, bytes, tokens, bytes/token and length distribution",
@@ -193,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--tokenizer", default="", help="tokenizer for token counts of raw inputs")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(fn=cmd_data_stats)
+    from .data.datacli import register_upload
+
+    register_upload(data)
 
     ev = sub.add_parser("eval", help="Loss, perplexity, bits/byte, accuracy of checkpoints",
                         description="Evaluate one checkpoint, or compare several in one table")
