@@ -152,3 +152,15 @@ def test_sequence_longer_than_max_seq_len_is_an_error():
     m = _model()
     with pytest.raises(ValueError, match="max_seq_len"):
         m(torch.zeros(1, m.cfg.max_seq_len + 1, dtype=torch.long))
+
+
+def test_document_masking_equals_separate_forwards():
+    m = _model()
+    a, b = torch.randint(0, 256, (1, 7)), torch.randint(0, 256, (1, 5))
+    packed = torch.cat([a, b], 1)
+    doc = torch.tensor([[0] * 7 + [1] * 5])
+    pos = torch.tensor([list(range(7)) + list(range(5))])
+    with torch.no_grad():
+        out = m(packed, doc_ids=doc, position_ids=pos)
+        torch.testing.assert_close(out[:, :7], m(a), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(out[:, 7:], m(b), atol=2e-5, rtol=1e-5)

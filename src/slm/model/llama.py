@@ -165,12 +165,15 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, return_hidden: bool = False,
-                targets: torch.Tensor | None = None, loss_chunk: int = 4096) -> torch.Tensor:
+                targets: torch.Tensor | None = None, loss_chunk: int = 4096,
+                doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab) in the compute dtype, or normalised hidden (B, T, C), or with
         `targets` (B, T) (already aligned: targets[:, t] is the token after input_ids[:, t]) the SUMMED next-token
         cross-entropy over targets != IGNORE_INDEX, computed chunk-wise without materialising the logits.
 
-        Without a cache, the sequence starts at position 0 and attention is causal (training / scoring).
+        Without a cache, the sequence starts at position 0 and attention is causal (training / scoring); with
+        `doc_ids` (B, T) and `position_ids` (B, T) a row holds several packed documents that do not attend to each
+        other and whose RoPE positions restart at 0 (document masking for packed SFT).
         With a cache, tokens are appended after what it holds; `attention_mask` (B, T) marks real tokens (False = left
         padding) and defaults to all-real.
         """
@@ -184,7 +187,14 @@ class Transformer(nn.Module):
         if cache is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
-            cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
+            if doc_ids is None:
+                cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
+            else:  # packed rows: attend only within the same document
+                causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+                mask = ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
+                if position_ids is None:
+                    raise ValueError("doc_ids needs position_ids (positions restarting at 0 in each document)")
+                cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]  # (B, 1, T, D)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
@@ -194,7 +204,7 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, i, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, i, None, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, i, cache, mask)
         x = self.norm(x)

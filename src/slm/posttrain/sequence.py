@@ -9,17 +9,14 @@ Decisions:
 - Padding is per batch, to the longest row (not to seq_len): small SFT batches of short chats waste far less compute.
   Right padding is exact under causal attention (real tokens never see the pads) and pads carry no loss.
 - Packing concatenates whole examples, never splitting one, and keeps them apart with a block-diagonal causal mask and
-  per-document RoPE positions, so the packed loss equals the unpacked loss (tested). The model's own forward has no
-  document-mask argument yet, so `packed_hidden` walks its blocks directly, passing the mask where the KV-cache path
-  passes its own; once `Transformer.forward` takes `doc_ids`/`position_ids` (proposed change) that path is used
-  instead, which also makes packing DDP-safe.
+  per-document RoPE positions (`Transformer.forward(doc_ids=, position_ids=)`), so the packed loss equals the unpacked
+  loss (tested); it goes through the model's own forward, so it works under DDP and torch.compile too.
 - Per-token log-probs (DPO, GRPO) are computed from hidden states in row chunks under activation checkpointing, so a
   49k-vocab model never holds (B, T, V) fp32 logits for backward — the same reason `chunked_cross_entropy` exists.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,11 +25,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import SlmError
-from ..model import IGNORE_INDEX, Transformer
+from ..model import IGNORE_INDEX
 from ..train.checkpoint import unwrap
 
 Row = list[int]  # example indices in one row
-_MODEL_HAS_DOC_MASK = "doc_ids" in inspect.signature(Transformer.forward).parameters
 
 
 class RowLoader:
@@ -134,33 +130,9 @@ def packed_batch(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_
     return {"x": x, "y": y, "doc": doc, "pos": pos}
 
 
-def document_mask(doc: torch.Tensor) -> torch.Tensor:
-    """doc (B, T) -> bool (B, 1, T, T): query t sees key s iff s <= t and both are in the same document."""
-    T = doc.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc.device).tril()
-    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
-
-
 def packed_hidden(model: torch.nn.Module, x: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Final normalised hidden states (B, T, C) of packed rows, with document masking and per-document positions."""
-    if _MODEL_HAS_DOC_MASK:  # the model's own path (proposed in the issue-4 report): DDP-safe
-        return model(x, doc_ids=doc, position_ids=pos, return_hidden=True)
-    if hasattr(model, "module") and hasattr(model, "no_sync"):
-        raise SlmError("--posttrain.packing under DDP needs Transformer.forward(doc_ids=...) (not yet in the "
-                       "model); use padding (--posttrain.packing=false) for multi-process runs")
-    m = unwrap(model)
-    if x.shape[1] > m.cfg.max_seq_len:
-        raise SlmError(f"packed row of {x.shape[1]} tokens exceeds model.max_seq_len={m.cfg.max_seq_len}")
-    h = m.embed_tokens(x)  # (B, T, C)
-    cos = m.rope_cos.to(h.device)[pos][:, None]  # (B, 1, T, D)
-    sin = m.rope_sin.to(h.device)[pos][:, None]
-    mask = document_mask(doc)
-    for i, layer in enumerate(m.layers):
-        if m.gradient_checkpointing and m.training:
-            h = checkpoint(layer, h, cos, sin, i, None, mask, use_reentrant=False)
-        else:
-            h = layer(h, cos, sin, i, None, mask)
-    return m.norm(h)
+    return model(x, doc_ids=doc, position_ids=pos, return_hidden=True)
 
 
 def _target_logprobs(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
