@@ -126,15 +126,6 @@ METHODS: dict[str, Callable[[PostTrainContext], Any]] = {
 }
 
 
-def _resume_path(cfg: RunConfig) -> Path | None:
-    if not cfg.train.resume:
-        return None
-    if cfg.train.resume == "auto":
-        found = ckpt.list_checkpoints(cfg.run_dir())
-        return found[-1] if found else None
-    return Path(cfg.train.resume)
-
-
 def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None) -> PostTrainContext:
     """Load the starting checkpoint, its tokenizer and the chat formatter; fix the run config's model section."""
     from ..train.trainer import resolve_precision
@@ -146,7 +137,7 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
     start = ckpt.resolve_checkpoint(post.init_from)
     model, start_cfg = ckpt.load_model(start, device=dist.device)
     cfg.model = start_cfg.model
-    resume = _resume_path(cfg)
+    resume = ckpt.resume_path(cfg)
     if resume is not None:
         model.load_state_dict(ckpt.load_state_dict(resume))
     tokenizer = ckpt.load_tokenizer_of(start)

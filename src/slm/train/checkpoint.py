@@ -185,6 +185,16 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, best: Path | None) ->
             shutil.rmtree(p, ignore_errors=True)
 
 
+def resume_path(cfg: RunConfig) -> Path | None:
+    """The checkpoint `--train.resume` names: a path, "auto" = the run dir's latest (None when it has none), or None."""
+    if not cfg.train.resume:
+        return None
+    if cfg.train.resume == "auto":
+        found = list_checkpoints(cfg.run_dir())
+        return found[-1] if found else None
+    return Path(cfg.train.resume)
+
+
 def resolve_checkpoint(path: str | Path, prefer: str = "latest") -> Path:
     """A checkpoint dir as given, or for a run dir its latest (or best) complete checkpoint."""
     path = Path(path)

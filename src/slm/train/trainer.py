@@ -88,15 +88,6 @@ def _set_threads(cfg: RunConfig, dist: DistInfo) -> None:
         torch.set_num_threads(n)
 
 
-def _resume_path(cfg: RunConfig) -> Path | None:
-    if not cfg.train.resume:
-        return None
-    if cfg.train.resume == "auto":
-        found = ckpt.list_checkpoints(cfg.run_dir())
-        return found[-1] if found else None
-    return Path(cfg.train.resume)
-
-
 def _check_same_model(cfg: RunConfig, path: Path) -> None:
     saved = ckpt.load_config(path).model.to_dict()
     mine = cfg.model.to_dict()
@@ -150,7 +141,7 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     run_dir = cfg.run_dir()
     autocast_dtype, use_scaler = resolve_precision(tc.precision, device)
 
-    resume_from = _resume_path(cfg)
+    resume_from = ckpt.resume_path(cfg)
     if resume_from is not None:
         _check_same_model(cfg, resume_from)
     else:
