@@ -213,7 +213,7 @@ def minhash_config(cfg: DedupConfig) -> Any:
 
 
 def minhash_signature_step(cfg: DedupConfig, output_folder: Path) -> Any:
-    """datatrove's stage 1 writing `output_folder/bucket_XXX/{task:05d}.minhash.sig`."""
+    """datatrove's stage 1 writing `output_folder/bucket_NNN/{task:05d}.minhash.sig`."""
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
     language = _whitespace_tokenizer_class()("en") if cfg.word_tokenizer == "whitespace" else "en"

@@ -193,13 +193,19 @@ def kd_token_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     T = kd.temperature
     log_ps = F.log_softmax(s[:, :V] / T, -1)
     log_pt = F.log_softmax(t[:, :V] / T, -1)
+    return _mix_kl_ce(log_ps, log_pt, s, targets, kd)
+
+
+def _mix_kl_ce(log_ps: torch.Tensor, log_pt: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor,
+               kd: KDConfig) -> torch.Tensor:
+    """alpha * T^2 * KL (forward: KL(teacher || student), reverse: KL(student || teacher)) + (1 - alpha) * CE, (n,)."""
     if kd.loss == "forward":
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
     else:
         kl = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
-    out = kd.alpha * T * T * kl
+    out = kd.alpha * kd.temperature ** 2 * kl
     if kd.alpha < 1.0:
-        out = out + (1.0 - kd.alpha) * F.cross_entropy(s, targets, reduction="none")
+        out = out + (1.0 - kd.alpha) * F.cross_entropy(student_logits, targets, reduction="none")
     return out
 
 
@@ -211,14 +217,7 @@ def kd_topk_token_losses(student_logits: torch.Tensor, topk_ids: torch.Tensor, t
     T = kd.temperature
     log_ps = F.log_softmax(s.gather(-1, topk_ids) / T, -1)
     log_pt = F.log_softmax(topk_logp.float() / T, -1)
-    if kd.loss == "forward":
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
-    else:
-        kl = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
-    out = kd.alpha * T * T * kl
-    if kd.alpha < 1.0:
-        out = out + (1.0 - kd.alpha) * F.cross_entropy(s, targets, reduction="none")
-    return out
+    return _mix_kl_ce(log_ps, log_pt, s, targets, kd)
 
 
 def _kd_chunk(h: torch.Tensor, w: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, kd: KDConfig,
