@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from harness import alternate, clock, emit, hf_twin, machine_line, reference_config, use_cpu_clock
+from harness import (add_timing_args, alternate, apply_timing_args, clock, emit, hf_twin, machine_line,
+                     reference_config)
 
 from slm.generate import SamplingConfig, generate
 from slm.model import Transformer
@@ -118,13 +119,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="slm's weights")
     ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M measurement")
     ap.add_argument("--no-compile", action="store_true", help="run slm's decode step eagerly")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default: all cores)")
-    ap.add_argument("--cpu-time", action="store_true", help="rates from process CPU time, not wall time (A/B on a "
-                    "busy machine; use with --threads 1)")
+    add_timing_args(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_cpu_clock(args.cpu_time)
+    apply_timing_args(args)
     if args.quick:
         args.rounds, args.new, args.no_smollm2, args.no_compile = 1, 16, True, True
     dtype = getattr(torch, args.dtype)

@@ -7,6 +7,7 @@ variant once, in a fixed order, and each figure is the median over rounds, so a 
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -32,6 +33,19 @@ def use_cpu_clock(enabled: bool) -> None:
     """
     global _clock
     _clock = time.process_time if enabled else time.perf_counter
+
+
+def add_timing_args(ap: argparse.ArgumentParser) -> None:
+    """The --threads / --cpu-time flags every timing bench takes."""
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default: all cores)")
+    ap.add_argument("--cpu-time", action="store_true", help="rates from process CPU time, not wall time (A/B on a "
+                    "busy machine; use with --threads 1)")
+
+
+def apply_timing_args(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_cpu_clock(args.cpu_time)
 
 
 def clock() -> float:

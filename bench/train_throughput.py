@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from harness import alternate, clock, emit, hf_twin, machine_line, reference_config, use_cpu_clock
+from harness import (add_timing_args, alternate, apply_timing_args, clock, emit, hf_twin, machine_line,
+                     reference_config)
 
 from slm.config import TrainConfig
 from slm.model import Transformer, model_flops_per_token
@@ -76,13 +77,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--ablate", action="store_true", help="also time slm eager fp32 and eager bf16")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default: all cores)")
-    ap.add_argument("--cpu-time", action="store_true", help="rates from process CPU time, not wall time (A/B on a "
-                    "busy machine; use with --threads 1)")
+    add_timing_args(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_cpu_clock(args.cpu_time)
+    apply_timing_args(args)
     if args.quick:
         args.rounds, args.steps, args.batch, args.seq = 1, 1, 2, 64
     compile_model = not args.quick
