@@ -96,10 +96,10 @@ def stage_tokenizer(cfg: RunConfig, out: Path, progress: bool = True):
 def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True) -> Path:
     from .data.pack import prepare_dataset
 
-    fp = _fingerprint(tokenizer.hash(), input_specs(cfg), _source_options(cfg), cfg.data.val_fraction, cfg.run.seed)
+    specs = input_specs(cfg)
+    fp = _fingerprint(tokenizer.hash(), specs, _source_options(cfg), cfg.data.val_fraction, cfg.run.seed)
     if (out / "manifest.json").is_file() and _stamp_matches(out, fp):
         return out
-    specs = input_specs(cfg)
     globs = {g for _, g in specs}
     if len(globs) > 1:
         raise SlmError("--data.inputs: inputs need different file globs (a builtin corpus mixed with folders); "

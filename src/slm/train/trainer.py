@@ -125,7 +125,7 @@ def build_fresh_model(cfg: RunConfig, device: torch.device) -> Transformer:
     return model
 
 
-def _global_tokens(task: Task, micro: list, dist: DistInfo, device: torch.device) -> int:
+def _global_tokens(task: Task, micro: list, dist: DistInfo) -> int:
     n = torch.tensor(float(sum(task.count(b) for b in micro)), dtype=torch.float64)
     return int(all_reduce_sum(n, dist).item())
 
@@ -203,6 +203,7 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     rates: list[float] = []
     consecutive_skips = skipped = 0
     last_eval: dict = {}
+    last_eval_step = -1
     last_ckpt: Path | None = None
 
     def do_eval(phase: PhaseConfig) -> dict:
@@ -245,7 +246,7 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
                                      min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
                 optimizer.set_lr_multiplier(mult)
                 micro = [next(batches) for _ in range(tc.grad_accum)]
-                n_targets = max(_global_tokens(task, micro, dist, device), 1)
+                n_targets = max(_global_tokens(task, micro, dist), 1)
                 loss_sum = torch.zeros((), dtype=torch.float64, device=device)
                 for i, batch in enumerate(micro):
                     sync_ctx = (train_model.no_sync() if dist.enabled and i < len(micro) - 1
@@ -303,13 +304,13 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
                                 refresh=False)
                 last = step == total_steps
                 if (tc.eval_every and step % tc.eval_every == 0) or last:
-                    last_eval = do_eval(phase)
+                    last_eval, last_eval_step = do_eval(phase), step
                 if sample_fn is not None and tc.sample_every and step % tc.sample_every == 0 and dist.is_main:
                     for text in sample_fn(model, step):
                         logger.log("sample", step, text=text)
                         bar.write(f"[step {step}] {text!r}")
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or last:
-                    val = last_eval if last_eval and logger.history and _evaluated_at(logger, step) else do_eval(phase)
+                    val = last_eval if last_eval_step == step else do_eval(phase)
                     do_checkpoint(phase_idx, loader.state_dict() if step < bounds[phase_idx] else None, val)
             if hasattr(loader, "close"):
                 loader.close()  # stop its prefetch thread before the next phase builds a new loader
@@ -320,7 +321,3 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     return TrainResult(step=step, history=logger.history, final_eval=last_eval, checkpoint=last_ckpt,
                        best_checkpoint=Path(state["best_path"]) if state["best_path"] else None,
                        tok_per_s=statistics.median(steady) if steady else 0.0, skipped_steps=skipped)
-
-
-def _evaluated_at(logger: MetricsLogger, step: int) -> bool:
-    return any(r["kind"] == "eval" and r["step"] == step for r in reversed(logger.history[-5:]))
