@@ -7,8 +7,9 @@ Decisions:
 - Attention is `F.scaled_dot_product_attention`: flash/memory-efficient kernels on CUDA, a fused kernel on CPU. The
   training path passes `is_causal=True` (no mask tensor); the cached path passes an explicit boolean mask built by
   `KVCache.reserve`, which also hides left padding. GQA uses SDPA's `enable_gqa` (K/V are never copied per query
-  head); `repeat_interleave` only when that is unavailable. A hand-written grouped-query attention (matmuls + fp32
-  softmax) under torch.compile trained no faster on CPU than the SDPA kernel, so there is none.
+  head); `repeat_interleave` only when that is unavailable. The exception is compiled CPU training at T <= 512, where
+  `slm.model.attention.dense_causal_attention` (GEMMs + recomputing backward, fused by inductor) runs a layer's
+  forward + backward in half SDPA's time.
 - One-token calls with a cache go through `forward_step`, the static-shape decode step (see `slm.model.cache`): the
   same maths over the whole cache buffer, with no host reads, so it can be compiled once and replayed per token.
 - `forward(..., return_hidden=True)` returns the final normalised hidden states so the loss can be computed in chunks
@@ -25,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .attention import MAX_LEN as DENSE_MAX_LEN
+from .attention import causal_bias, dense_causal_attention, use_dense
 from .cache import KVCache
 from .config import ModelConfig
 from .loss import chunked_cross_entropy
@@ -78,7 +81,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
-                cache: KVCache | None, mask: torch.Tensor | None, step: bool = False) -> torch.Tensor:
+                cache: KVCache | None, mask: torch.Tensor | None, step: bool = False,
+                dense_bias: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -90,6 +94,9 @@ class Attention(nn.Module):
             write = cache.update_step if step else cache.update
             k, v = write(layer, k.to(cache.k[layer].dtype), v.to(cache.v[layer].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
+        if mask is None and cache is None and dense_bias is not None and use_dense(q):
+            y = dense_causal_attention(q, k, v, dense_bias)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         gqa = self.n_heads != self.n_kv_heads
         if gqa and not _SDPA_HAS_GQA:
             rep = self.n_heads // self.n_kv_heads
@@ -124,8 +131,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None, step: bool = False) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask, step)
+                cache: KVCache | None = None, mask: torch.Tensor | None = None, step: bool = False,
+                dense_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask, step, dense_bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -140,6 +148,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # causal mask of the dense CPU training attention (slm.model.attention), <= 1 MB
+        self.register_buffer("dense_bias", causal_bias(min(DENSE_MAX_LEN, cfg.max_seq_len)), persistent=False)
         self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
         self.reset_parameters()
 
@@ -158,10 +168,16 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers), generator=gen)
             else:
                 nn.init.normal_(p, 0.0, std, generator=gen)
-        # Rebuild RoPE tables too: on a meta-device model they exist only after materialisation.
-        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        self.materialize_buffers()
+
+    def materialize_buffers(self) -> None:
+        """(Re)build the non-persistent buffers (RoPE tables, causal bias) on the parameters' device: after `to_empty`
+        or an `assign=True` load onto a meta model they hold no data."""
+        device = self.embed_tokens.weight.device
+        with torch.device(device):
+            cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos, self.rope_sin = cos, sin
+        self.dense_bias = causal_bias(min(DENSE_MAX_LEN, self.cfg.max_seq_len), device)
 
     def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, return_hidden: bool = False,
@@ -204,9 +220,9 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, i, None, mask, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, i, None, mask, False, self.dense_bias, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, i, cache, mask)
+                x = layer(x, cos, sin, i, cache, mask, False, self.dense_bias)
         x = self.norm(x)
         if targets is not None:
             return chunked_cross_entropy(x, self.output_weight, targets, chunk=loss_chunk, reduction="sum")

@@ -132,11 +132,8 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transfo
 
 
 def _materialize_buffers(model: Transformer) -> Transformer:
-    """After `assign=True` loading onto a meta model, recreate the non-persistent RoPE buffers on CPU."""
-    from ..model.llama import rope_tables
-
-    cos, sin = rope_tables(model.cfg.head_dim, model.cfg.max_seq_len, model.cfg.rope_theta)
-    model.rope_cos, model.rope_sin = cos, sin
+    """After `assign=True` loading onto a meta model, recreate the non-persistent buffers."""
+    model.materialize_buffers()
     return model
 
 

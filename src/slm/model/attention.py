@@ -1,0 +1,98 @@
+"""Causal grouped-query attention for short-context CPU training under torch.compile: the FlashAttention algorithm
+(save the output and the row log-sum-exp, recompute the probabilities in backward) written as bf16 batched GEMMs and
+fp32 elementwise maths for inductor to fuse.
+
+Why by hand: on CPU, `F.scaled_dot_product_attention` runs PyTorch's flash-attention kernel, whose backward takes about
+6x its forward (10.4 ms vs 1.8 ms per layer on the reference config of `bench/train_throughput.py`, 2 threads): the
+largest cost of a training step after the GEMMs. Here the same maths goes through oneDNN's batched GEMMs (AMX in
+bf16) and inductor fuses the masking, softmax and gradient algebra into a few vectorised loops. Forward + backward of
+one layer, bf16, 2 threads (`python bench/attention.py --seq T --batch B`): 5.7 ms vs SDPA's 11.7 ms at T = 256;
+10.5 vs 15.5 ms at T = 512; but 23 vs 19 ms at T = 1024, and blocking the queries (to skip masked key blocks) lost to
+SDPA at T = 2048 too. So `use_dense` takes this path only for T <= MAX_LEN, on CPU, with gradients on, while dynamo
+traces (eager, unfused, it is slower than SDPA). CUDA keeps SDPA's flash kernels; inference keeps SDPA's forward.
+
+The (T, T) probabilities exist only transiently inside forward and backward (B*H*T*T fp32: 12 MB per layer at
+8 x 6 heads x 256); what is saved for backward is q, k, v, the output and the lse, as with SDPA. GQA is native: the
+`rep` query heads that share a K/V head are stacked along rows, so dK and dV sum over them inside the GEMM and K/V are
+never repeated. The causal mask is an additive (T, T) bias held by the model as a buffer: as a tensor, inductor loads
+it; built from index arithmetic inside the graph, the same kernel ran 1.4x slower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MAX_LEN = 512  # longest sequence the dense path takes (see the module docstring for the measurements)
+
+
+def causal_bias(n: int = MAX_LEN, device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, n) fp32: 0 on and below the diagonal, -inf above; `[:T, :T]` is the mask for any T <= n."""
+    future = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
+    return torch.zeros(n, n, device=device).masked_fill_(future, float("-inf"))
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Softmax and gradient algebra run in fp32 (or fp64 for fp64 inputs)."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _probs(qg: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, rep: int,
+           lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """qg (B, Hk, rep*T, D), k (B, Hk, T, D) -> P in fp32 (B, Hk, rep, T, T) and lse (B, Hk, rep, T, 1); a given `lse`
+    (backward) is reused, not recomputed."""
+    B, Hk, T, D = k.shape
+    scores = (qg @ k.transpose(-1, -2)).to(_acc(qg)).view(B, Hk, rep, T, T) * (1.0 / math.sqrt(D)) + bias
+    if lse is None:
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return torch.exp(scores - lse), lse
+
+
+class _DenseCausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, H, T, D = q.shape
+        Hk = k.shape[1]
+        rep = H // Hk
+        qg = q.reshape(B, Hk, rep * T, D)
+        p, lse = _probs(qg, k, bias, rep)
+        out = (p.to(q.dtype).view(B, Hk, rep * T, T) @ v).view(B, H, T, D)
+        ctx.save_for_backward(q, k, v, out, lse, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor):
+        q, k, v, out, lse, bias = ctx.saved_tensors
+        B, H, T, D = q.shape
+        Hk = k.shape[1]
+        rep = H // Hk
+        qg = q.reshape(B, Hk, rep * T, D)
+        dog = d_out.to(q.dtype).reshape(B, Hk, rep * T, D)
+        acc = _acc(q)
+        delta = (dog.to(acc) * out.reshape(B, Hk, rep * T, D).to(acc)).sum(-1).view(B, Hk, rep, T, 1)
+        p, _ = _probs(qg, k, bias, rep, lse)
+        dp = (dog @ v.transpose(-1, -2)).to(acc).view(B, Hk, rep, T, T)
+        ds = (p * (dp - delta) * (1.0 / math.sqrt(D))).to(q.dtype).view(B, Hk, rep * T, T)
+        p = p.to(q.dtype).view(B, Hk, rep * T, T)
+        dq = (ds @ k).view(B, H, T, D)
+        dk = ds.transpose(-1, -2) @ qg  # (B, Hk, T, D): sums over the rep heads sharing this K head
+        dv = p.transpose(-1, -2) @ dog
+        return dq, dk, dv, None
+
+
+def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Causal attention of q (B, H, T, D) over k, v (B, Hk, T, D), H a multiple of Hk -> (B, H, T, D).
+    `bias` = `causal_bias(n)` with n >= T (a compiled caller passes a tensor it holds, e.g. the model's buffer)."""
+    T = q.shape[2]
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
+    if bias.shape[0] < T:
+        raise ValueError(f"causal bias covers {bias.shape[0]} positions, the sequence has {T}")
+    return _DenseCausalAttention.apply(q, k, v, bias[:T, :T])
+
+
+def use_dense(q: torch.Tensor) -> bool:
+    """The dense path pays only on CPU, with gradients, for T <= MAX_LEN, inside torch.compile (module docstring)."""
+    return (q.device.type == "cpu" and q.shape[2] <= MAX_LEN and torch.is_grad_enabled()
+            and torch.compiler.is_compiling())
