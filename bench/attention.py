@@ -1,7 +1,7 @@
 """Causal GQA attention, forward + backward of one layer: SDPA (eager, as PyTorch dispatches it) vs slm's dense
 causal attention compiled (`slm.model.attention`, the path a compiled CPU training step takes for T <= 512).
 
-Usage: python bench/attention.py [--batch 8 --seq 256 --heads 6 --kv-heads 2 --head-dim 64] [--rounds 7]
+Usage: python bench/attention.py [--quick] [--batch 8 --seq 256 --heads 6 --kv-heads 2 --head-dim 64] [--rounds 7]
 
 Checks first that both give the same output and gradients (bf16 tolerance), then times them alternating.
 Last line: sdpa_ms=… dense_ms=… speedup=…
@@ -21,6 +21,7 @@ from slm.model.attention import causal_bias, dense_causal_attention
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, 1 round")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--heads", type=int, default=6)
@@ -31,6 +32,8 @@ def main() -> None:
     add_timing_args(ap)
     args = ap.parse_args()
     apply_timing_args(args)
+    if args.quick:
+        args.batch, args.seq, args.rounds, args.reps = 2, 32, 1, 1
     torch.manual_seed(0)
     dt = torch.bfloat16
     B, H, Hk, T, D = args.batch, args.heads, args.kv_heads, args.seq, args.head_dim

@@ -11,6 +11,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 LAST_LINE_KEYS = {
+    "attention.py": ["sdpa_ms", "dense_ms", "speedup"],
     "train_throughput.py": ["slm_tok_s", "hf_fp32_tok_s", "hf_bf16_tok_s", "ratio_fp32", "ratio_bf16", "mfu_bf16"],
     "decode.py": ["ratio_b1", "ratio_b8"],
     "memory.py": ["slm_peak_mib", "hf_peak_mib", "ratio"],
