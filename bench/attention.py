@@ -71,7 +71,7 @@ def main() -> None:
         return run
 
     med = alternate({"sdpa": timer(sdpa), "dense": timer(dense)}, args.rounds, label="ms ")
-    emit(sdpa_ms=med["sdpa"], dense_ms=med["dense"], speedup=med["sdpa"] / med["dense"])
+    emit(save=not args.quick, sdpa_ms=med["sdpa"], dense_ms=med["dense"], speedup=med["sdpa"] / med["dense"])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Greedy decode throughput: `slm.generate.generate` vs HF `generate`, same weights, same prompts.
 
 Usage: python bench/decode.py [--quick] [--rounds N] [--new N] [--dtype bfloat16|float32] [--no-smollm2]
+                              [--llama-cpp GGUF ...]
 
 - Reference config (the training bench's model, random weights) at batch 1 and batch 8: prompts of 24..52 random
   tokens (left-padded in the batch), `--new` (256) new tokens per row, EOS off so every row decodes all of them.
@@ -9,12 +10,16 @@ Usage: python bench/decode.py [--quick] [--rounds N] [--new N] [--dtype bfloat16
 - slm runs the way a server would: `generate(..., compile=True)` (static-shape decode step, torch.compile with frozen,
   prepacked weights), compiled during warm-up, weights in `--dtype` (default bfloat16: 16-bit weights like
   llama.cpp's f16 GGUF; decode streams every weight once per token).
+- `--llama-cpp GGUF` (repeatable; needs `llama-cpp-python`, which builds llama.cpp from source, see
+  shared/RESOURCES.md for the flags this CPU needs): llama.cpp decodes the same SmolLM2 prompt from that GGUF, greedy,
+  same thread count, in the same alternating rounds. An f16 GGUF of SmolLM2 is what `--dtype bfloat16` compares
+  with; make one with llama.cpp's `convert_hf_to_gguf.py --outtype f16` from `slm export hf` of the imported model.
 - HF runs `model.generate(...)` as documented (greedy, default dynamic cache) in BOTH fp32 and bf16, and each ratio
   is taken against the faster of the two: on CPU, HF's bf16 decode is not always its fastest.
 
 tok/s counts new tokens of all rows (batch x new) over the whole call, prefill included. Medians over alternating
 rounds. Last line: ratio_b1 ratio_b8 smollm2_tok_s (slm / best HF at batch 1 and 8; SmolLM2 slm tok/s at batch 1),
-then smollm2_hf_tok_s (best HF) for reference.
+then smollm2_hf_tok_s (best HF) for reference, and with --llama-cpp llamacpp_<file stem>_tok_s per GGUF.
 """
 
 from __future__ import annotations
@@ -70,6 +75,26 @@ def rate(fn, n_tokens: int):
     return run
 
 
+def llama_cpp_fn(gguf: Path, prompt: list[int], new: int):
+    """Greedy decode of `new` tokens after `prompt` with llama.cpp (llama-cpp-python), prefill included."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise SystemExit(f"--llama-cpp needs llama-cpp-python ({e}); see shared/RESOURCES.md for building it here")
+    llm = Llama(model_path=str(gguf), n_ctx=len(prompt) + new + 8, n_threads=torch.get_num_threads(),
+                n_threads_batch=torch.get_num_threads(), verbose=False)
+
+    def run() -> list[int]:
+        out: list[int] = []
+        for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            out.append(tok)
+            if len(out) == new:
+                break
+        return out
+
+    return run
+
+
 def load_smollm2() -> Transformer:
     from slm.train.checkpoint import load_model
 
@@ -87,12 +112,18 @@ def load_smollm2() -> Transformer:
 
 
 def compare(label: str, slm_model: Transformer, hf_models: dict[str, torch.nn.Module], prompts: list[list[int]],
-            new: int, rounds: int, compile_step: bool) -> dict[str, float]:
-    """Medians of slm and each HF variant; adds "hf_best" (the faster HF median)."""
+            new: int, rounds: int, compile_step: bool, others: dict | None = None) -> dict[str, float]:
+    """Medians of slm, each HF variant and each of `others` (name -> decode fn, batch 1); adds "hf_best" (the faster
+    HF median)."""
     n = len(prompts) * new
     variants = {"slm": rate(slm_generate_fn(slm_model, prompts, new, compile_step), n)}
     for name, hf in hf_models.items():
         variants[name] = rate(hf_generate_fn(hf, prompts, new), n)
+    for name, fn in (others or {}).items():
+        ours, theirs = slm_generate_fn(slm_model, prompts, new, compile_step)(), fn()
+        same = sum(a == b for a, b in zip(ours[0], theirs))
+        print(f"  {label}: slm and {name} agree on {same}/{new} greedy tokens", flush=True)
+        variants[name] = rate(fn, n)
     t0 = time.perf_counter()
     ours = variants["slm"]()  # warm-up (compiles the step)
     print(f"  {label}: warm-up slm {time.perf_counter() - t0:.1f} s ({ours:,.1f} tok/s)", flush=True)
@@ -119,11 +150,15 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="slm's weights")
     ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M measurement")
     ap.add_argument("--no-compile", action="store_true", help="run slm's decode step eagerly")
+    ap.add_argument("--llama-cpp", type=Path, action="append", default=[], metavar="GGUF",
+                    help="also time llama.cpp on this SmolLM2 GGUF (repeatable)")
     add_timing_args(ap)
     args = ap.parse_args()
     apply_timing_args(args)
     if args.quick:
         args.rounds, args.new, args.no_smollm2, args.no_compile = 1, 16, True, True
+    if args.llama_cpp and args.no_smollm2:
+        ap.error("--llama-cpp compares on SmolLM2-135M: drop --no-smollm2")
     dtype = getattr(torch, args.dtype)
     compile_step = not args.no_compile
     print(f"# decode: {machine_line()}; {args.new} new tokens, greedy; slm {args.dtype} weights, "
@@ -143,11 +178,14 @@ def main() -> None:
         smol = load_smollm2()
         smol_hfs = hf_variants(smol, False)
         smol = smol.to(dtype)
-        med = compare("smollm2-135m b1", smol, smol_hfs, prompts_for(1, smol.cfg.vocab_size, 135), args.new,
-                      args.rounds, compile_step)
+        prompts = prompts_for(1, smol.cfg.vocab_size, 135)
+        others = {f"llamacpp_{g.stem.replace('-', '_').replace('.', '_')}": llama_cpp_fn(g, prompts[0], args.new)
+                  for g in args.llama_cpp}
+        med = compare("smollm2-135m b1", smol, smol_hfs, prompts, args.new, args.rounds, compile_step, others)
         figures["smollm2_tok_s"] = med["slm"]
         figures["smollm2_hf_tok_s"] = med["hf_best"]
-    emit(**figures)
+        figures.update({f"{name}_tok_s": med[name] for name in others})
+    emit(save=not args.quick, **figures)
 
 
 if __name__ == "__main__":

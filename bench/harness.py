@@ -8,6 +8,7 @@ variant once, in a fixed order, and each figure is the median over rounds, so a 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -97,12 +98,25 @@ def reference_config(vocab: int = 8192, seq_len: int = 256) -> ModelConfig:
                        tie_embeddings=True, max_seq_len=max(seq_len, 256))
 
 
-def emit(**figures: float) -> None:
-    """The one closing `key=value` line every bench script ends with."""
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
+
+
+def emit(*, save: bool = True, **figures: float) -> None:
+    """The one closing `key=value` line every bench script ends with. With `save`, the figures also go to
+    runs/bench/<script>.json with the command and the machine line: `scripts/readme_results.py` builds the README's
+    speed table from those files, so no figure there is typed by hand. Smoke runs (--quick) pass save=False."""
     def fmt(v: float) -> str:
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
 
     print(" ".join(f"{k}={fmt(v)}" for k, v in figures.items()), flush=True)
+    if save:
+        script = Path(sys.argv[0]).name
+        record = {"command": " ".join(["python", f"bench/{script}", *sys.argv[1:]]), "machine": machine_line(),
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "figures": figures}
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS_DIR / f".{script}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(RESULTS_DIR / f"{Path(script).stem}.json")
 
 
 def machine_line() -> str:

@@ -129,7 +129,7 @@ def main() -> None:
             print(f"  run {r + 1}/{args.repeats} {side}: after build {res['built_mib']:,.0f} MiB, "
                   f"peak {res['peak_mib']:,.0f} MiB{extra}", flush=True)
     slm, hf = statistics.median(peaks["slm"]), statistics.median(peaks["hf"])
-    emit(slm_peak_mib=slm, hf_peak_mib=hf, ratio=slm / hf)
+    emit(save=not args.quick, slm_peak_mib=slm, hf_peak_mib=hf, ratio=slm / hf)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Fill the README's Results section from a finished run's summary.json (figures are generated, never typed)."""
+"""Fill the README's Results section from a finished run's summary.json and its Speed section from the bench scripts'
+runs/bench/*.json (figures are generated, never typed). Usage: python scripts/readme_results.py [RUN_DIR]"""
 
 from __future__ import annotations
 
@@ -31,15 +32,46 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# The issue's targets per bench figure: (figure, ">=" or "<=", bound).
+TARGETS = {
+    "train_throughput": [("ratio_fp32", ">=", 3.0), ("ratio_bf16", ">=", 2.0), ("mfu_bf16", ">=", 0.5)],
+    "decode": [("ratio_b1", ">=", 3.0)],
+    "memory": [("ratio", "<=", 0.6)],
+}
+
+
+def render_bench(bench_dir: Path) -> str:
+    lines = ["| bench | figures (medians) | targets | run |", "|---|---|---|---|"]
+    for path in sorted(bench_dir.glob("*.json")):
+        rec = json.loads(path.read_text())
+        figs = rec["figures"]
+        shown = ", ".join(f"{k} {v:,.4g}" if abs(v) < 10 else f"{k} {v:,.1f}" for k, v in figs.items())
+        checks = []
+        for key, op, bound in TARGETS.get(path.stem, []):
+            if key in figs:
+                ok = figs[key] >= bound if op == ">=" else figs[key] <= bound
+                checks.append(f"{key} {op} {bound}: {'met' if ok else '**not met**'}")
+        lines.append(f"| `{rec['command']}` | {shown} | {'; '.join(checks) or '-'} | {rec['date']}; "
+                     f"{rec['machine']} |")
+    return "\n".join(lines)
+
+
+def _fill(text: str, tag: str, body: str) -> str:
+    return re.sub(rf"(<!-- {tag}:start -->\n).*?(\n<!-- {tag}:end -->)", lambda m: m.group(1) + body + m.group(2),
+                  text, flags=re.S)
+
+
 def main() -> int:
     run_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "runs" / "quickstart"
-    summary = json.loads((run_dir / "summary.json").read_text())
     readme = ROOT / "README.md"
     text = readme.read_text()
-    new = re.sub(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)",
-                 lambda m: m.group(1) + render(summary) + m.group(2), text, flags=re.S)
-    readme.write_text(new)
-    print(render(summary))
+    if (run_dir / "summary.json").is_file():
+        text = _fill(text, "results", render(json.loads((run_dir / "summary.json").read_text())))
+    bench_dir = ROOT / "runs" / "bench"
+    if any(bench_dir.glob("*.json")):
+        text = _fill(text, "bench", render_bench(bench_dir))
+    readme.write_text(text)
+    print(text[text.index("## Results"):])
     return 0
 
 

@@ -1,0 +1,38 @@
+"""scripts/readme_results.py renders the README's speed table from bench result files, judging each target."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "readme_results.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("readme_results", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_table_reports_each_target_from_the_recorded_figures(tmp_path):
+    records = {
+        "train_throughput": {"ratio_fp32": 3.2, "ratio_bf16": 1.9, "mfu_bf16": 0.25},
+        "memory": {"slm_peak_mib": 2500.0, "hf_peak_mib": 5000.0, "ratio": 0.5},
+    }
+    for name, figures in records.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"command": f"python bench/{name}.py", "machine": "m", "date": "d", "figures": figures}))
+    table = _module().render_bench(tmp_path)
+    assert "ratio_fp32 >= 3.0: met" in table
+    assert "ratio_bf16 >= 2.0: **not met**" in table
+    assert "mfu_bf16 >= 0.5: **not met**" in table
+    assert "ratio <= 0.6: met" in table
+    assert "`python bench/memory.py`" in table and "slm_peak_mib 2,500.0" in table
+
+
+def test_fill_replaces_only_the_tagged_block():
+    mod = _module()
+    text = "a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb"
+    assert mod._fill(text, "bench", "new") == "a\n<!-- bench:start -->\nnew\n<!-- bench:end -->\nb"
