@@ -1,21 +1,25 @@
-"""Causal grouped-query attention for short-context CPU training under torch.compile: the FlashAttention algorithm
-(save the output and the row log-sum-exp, recompute the probabilities in backward) written as bf16 batched GEMMs and
-fp32 elementwise maths for inductor to fuse.
+"""Causal grouped-query attention for short-context CPU training under torch.compile: softmax attention written as
+bf16 batched GEMMs and fp32 elementwise maths for inductor to fuse, with a hand-written backward.
 
 Why by hand: on CPU, `F.scaled_dot_product_attention` runs PyTorch's flash-attention kernel, whose backward takes about
 6x its forward (10.4 ms vs 1.8 ms per layer on the reference config of `bench/train_throughput.py`, 2 threads): the
 largest cost of a training step after the GEMMs. Here the same maths goes through oneDNN's batched GEMMs (AMX in
 bf16) and inductor fuses the masking, softmax and gradient algebra into a few vectorised loops. Forward + backward of
-one layer, bf16, 2 threads (`python bench/attention.py --seq T --batch B`): 5.7 ms vs SDPA's 11.7 ms at T = 256;
-10.5 vs 15.5 ms at T = 512; but 23 vs 19 ms at T = 1024, and blocking the queries (to skip masked key blocks) lost to
-SDPA at T = 2048 too. So `use_dense` takes this path only for T <= MAX_LEN, on CPU, with gradients on, while dynamo
-traces (eager, unfused, it is slower than SDPA). CUDA keeps SDPA's flash kernels; inference keeps SDPA's forward.
+one layer, bf16, 2 threads (`python bench/attention.py --seq T --batch B`, same tokens per call): 5.5 ms vs SDPA's
+11.3 ms at T = 256 (batch 8, 6 heads / 2 KV heads); 12.4 vs 18.5 ms at T = 512; but 38 vs 22 ms at T = 1024, where
+the T x T work outgrows the flash kernel's tiling (blocking the queries to skip masked key blocks lost to SDPA at
+T = 1024 and 2048 too). So `use_dense` takes this path only for
+T <= MAX_LEN, on CPU, with gradients on, while dynamo traces (eager, unfused, it is slower than SDPA). CUDA keeps
+SDPA's flash kernels; inference keeps SDPA's forward.
 
-The (T, T) probabilities exist only transiently inside forward and backward (B*H*T*T fp32: 12 MB per layer at
-8 x 6 heads x 256); what is saved for backward is q, k, v, the output and the lse, as with SDPA. GQA is native: the
-`rep` query heads that share a K/V head are stacked along rows, so dK and dV sum over them inside the GEMM and K/V are
-never repeated. The causal mask is an additive (T, T) bias held by the model as a buffer: as a tensor, inductor loads
-it; built from index arithmetic inside the graph, the same kernel ran 1.4x slower.
+Backward: dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q, dV = P^T dO (scaled by 1/sqrt(D)), from the
+probabilities P saved by the forward in the compute dtype (as HF's eager attention saves them). Recomputing P from
+the row log-sum-exp instead (FlashAttention's way, O(T) memory) measured slower here: 11.2 vs 10.0 CPU-ms per layer
+at T = 256 and 38 vs 24 at T = 512; saving P costs B*H*T*T*2 bytes per layer (6 MB at 8 x 6 x 256), which the
+T <= MAX_LEN limit keeps small. GQA is native: the `rep` query heads that share a K/V head are stacked along rows, so
+dK and dV sum over them inside the GEMM and K/V are never repeated. The causal mask is an additive (T, T) bias held
+by the model as a buffer: as a tensor, inductor loads it; built from index arithmetic inside the graph, the same
+kernel ran 1.4x slower.
 """
 
 from __future__ import annotations
@@ -38,15 +42,11 @@ def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _probs(qg: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, rep: int,
-           lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """qg (B, Hk, rep*T, D), k (B, Hk, T, D) -> P in fp32 (B, Hk, rep, T, T) and lse (B, Hk, rep, T, 1); a given `lse`
-    (backward) is reused, not recomputed."""
+def _probs(qg: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, rep: int) -> torch.Tensor:
+    """qg (B, Hk, rep*T, D), k (B, Hk, T, D) -> causal softmax probabilities in fp32 (B, Hk, rep, T, T)."""
     B, Hk, T, D = k.shape
     scores = (qg @ k.transpose(-1, -2)).to(_acc(qg)).view(B, Hk, rep, T, T) * (1.0 / math.sqrt(D)) + bias
-    if lse is None:
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    return torch.exp(scores - lse), lse
+    return torch.softmax(scores, dim=-1)
 
 
 class _DenseCausalAttention(torch.autograd.Function):
@@ -56,26 +56,22 @@ class _DenseCausalAttention(torch.autograd.Function):
         Hk = k.shape[1]
         rep = H // Hk
         qg = q.reshape(B, Hk, rep * T, D)
-        p, lse = _probs(qg, k, bias, rep)
-        out = (p.to(q.dtype).view(B, Hk, rep * T, T) @ v).view(B, H, T, D)
-        ctx.save_for_backward(q, k, v, out, lse, bias)
+        p = _probs(qg, k, bias, rep).to(q.dtype).view(B, Hk, rep * T, T)
+        out = (p @ v).view(B, H, T, D)
+        ctx.save_for_backward(qg, k, v, out, p)
         return out
 
     @staticmethod
     def backward(ctx, d_out: torch.Tensor):
-        q, k, v, out, lse, bias = ctx.saved_tensors
-        B, H, T, D = q.shape
-        Hk = k.shape[1]
-        rep = H // Hk
-        qg = q.reshape(B, Hk, rep * T, D)
-        dog = d_out.to(q.dtype).reshape(B, Hk, rep * T, D)
-        acc = _acc(q)
-        delta = (dog.to(acc) * out.reshape(B, Hk, rep * T, D).to(acc)).sum(-1).view(B, Hk, rep, T, 1)
-        p, _ = _probs(qg, k, bias, rep, lse)
-        dp = (dog @ v.transpose(-1, -2)).to(acc).view(B, Hk, rep, T, T)
-        ds = (p * (dp - delta) * (1.0 / math.sqrt(D))).to(q.dtype).view(B, Hk, rep * T, T)
-        p = p.to(q.dtype).view(B, Hk, rep * T, T)
-        dq = (ds @ k).view(B, H, T, D)
+        qg, k, v, out, p = ctx.saved_tensors
+        B, Hk, T, D = k.shape
+        rep = qg.shape[2] // T
+        dog = d_out.to(qg.dtype).reshape(B, Hk, rep * T, D)
+        acc = _acc(qg)
+        delta = (dog.to(acc) * out.reshape(B, Hk, rep * T, D).to(acc)).sum(-1, keepdim=True)  # (B, Hk, rep*T, 1)
+        dp = (dog @ v.transpose(-1, -2)).to(acc)  # (B, Hk, rep*T, T)
+        ds = (p.to(acc) * (dp - delta) * (1.0 / math.sqrt(D))).to(qg.dtype)
+        dq = (ds @ k).view(B, Hk * rep, T, D)
         dk = ds.transpose(-1, -2) @ qg  # (B, Hk, T, D): sums over the rep heads sharing this K head
         dv = p.transpose(-1, -2) @ dog
         return dq, dk, dv, None
