@@ -184,7 +184,9 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The model's buffers (RoPE tables, causal bias) are constants every rank builds alike: no per-step broadcast.
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                          broadcast_buffers=False)
 
     logger = MetricsLogger(run_dir, enabled=dist.is_main, tensorboard=tc.tensorboard,
                            wandb_cfg={"project": tc.wandb_project, "name": cfg.run.name, "config": cfg.to_dict()}
