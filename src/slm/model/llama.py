@@ -8,8 +8,8 @@ Decisions:
   training path passes `is_causal=True` (no mask tensor); the cached path passes an explicit boolean mask built by
   `KVCache.reserve`, which also hides left padding. GQA uses SDPA's `enable_gqa` (K/V are never copied per query
   head); `repeat_interleave` only when that is unavailable. The exception is compiled CPU training at T <= 512, where
-  `slm.model.attention.dense_causal_attention` (GEMMs + recomputing backward, fused by inductor) runs a layer's
-  forward + backward in half SDPA's time.
+  `slm.model.attention.dense_causal_attention` (bf16 GEMMs, a hand-written backward, elementwise work fused by
+  inductor) runs a layer's forward + backward in about half SDPA's time.
 - One-token calls with a cache go through `forward_step`, the static-shape decode step (see `slm.model.cache`): the
   same maths over the whole cache buffer, with no host reads, so it can be compiled once and replayed per token.
 - `forward(..., return_hidden=True)` returns the final normalised hidden states so the loss can be computed in chunks

@@ -65,9 +65,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
 
 
-# Rows per chunk: at most CHUNK_ELEMENTS / vocab, so one chunk's logits (bf16 logits + an fp32 copy + scratch, ~10 bytes
-# per element) stay near 40 MB and in cache, but never fewer than MIN_CHUNK_ROWS, below which the head's GEMMs and the
-# per-chunk fp32 accumulation of grad_weight (vocab x d_model) dominate. Measured on the reference config (vocab 8192,
+# Rows per chunk: at most CHUNK_ELEMENTS / vocab, so one chunk's transient memory (bf16 logits + an fp32 copy +
+# scratch, ~10 bytes per element) stays near 40 MB, but never fewer than MIN_CHUNK_ROWS, below which the head's GEMMs
+# and the per-chunk fp32 accumulation of grad_weight (vocab x d_model) dominate (so ~126 MB at a 49152 vocab). Measured on the reference config (vocab 8192,
 # 2048 rows, fused loss forward + backward): 256-512 rows ~47-53 ms, 2048 rows (one chunk) 81 ms, 128 rows 66 ms;
 # SmolLM2's vocab 49152: 256-341 rows ~830 ms, 64 rows 2,280 ms.
 CHUNK_ELEMENTS = 1 << 22
