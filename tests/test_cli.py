@@ -155,3 +155,12 @@ def test_fine_tune_from_a_checkpoint_adopts_its_model_and_tokenizer(tiny_run, tm
     cfg = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
     base = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert cfg["model"] == base["model"] and cfg["tokenizer"]["kind"] == "pretrained"
+
+
+@pytest.mark.slow  # compiles the decode step (~30 s)
+def test_generate_compile_flag_gives_the_same_greedy_text(tiny_run):
+    args = ("generate", "--checkpoint", str(tiny_run), "--prompt", "The king", "--max-new-tokens=12",
+            "--temperature=0")
+    eager, compiled = _slm(*args), _slm(*args, "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-2000:]
+    assert compiled.stdout == eager.stdout and eager.stdout.startswith("The king")

@@ -121,7 +121,7 @@ def _apply_command(line: str, cfg: SamplingConfig) -> tuple[SamplingConfig, str]
 
 
 def _stream_reply(model: nn.Module, tokenizer: TextTokenizer, prompt: list[int], cfg: SamplingConfig,
-                  print_fn: Callable[..., Any]) -> None:
+                  print_fn: Callable[..., Any], compile: bool = False) -> None:
     """Generate for one prompt, printing text as tokens arrive."""
     for sample in range(cfg.num_samples):
         if cfg.num_samples > 1:
@@ -135,7 +135,8 @@ def _stream_reply(model: nn.Module, tokenizer: TextTokenizer, prompt: list[int],
 
         one = dataclasses.replace(cfg, num_samples=1, seed=cfg.seed + sample)
         try:
-            generate(model, [prompt], one, eos_id=getattr(tokenizer, "eos_id", None), on_token=on_token)
+            generate(model, [prompt], one, eos_id=getattr(tokenizer, "eos_id", None), on_token=on_token,
+                     compile=compile)
         except KeyboardInterrupt:
             print_fn(streamer.finish() + "\n[interrupted]")
             return
@@ -147,8 +148,10 @@ def _stream_reply(model: nn.Module, tokenizer: TextTokenizer, prompt: list[int],
 
 
 def run_repl(model: nn.Module, tokenizer: TextTokenizer, cfg: SamplingConfig, *,
-             input_fn: Callable[[str], str] = input, print_fn: Callable[..., Any] = print) -> None:
-    """Read prompts until /quit or EOF, streaming each continuation; slash commands change sampling settings."""
+             input_fn: Callable[[str], str] = input, print_fn: Callable[..., Any] = print,
+             compile: bool = False) -> None:
+    """Read prompts until /quit or EOF, streaming each continuation; slash commands change sampling settings.
+    `compile` runs the decode step compiled (see `slm.generate.engine`)."""
     print_fn(f"slm repl: {_settings_line(cfg)}. /help for commands, /quit or Ctrl-D to exit.")
     turns = 0
     while True:
@@ -172,4 +175,4 @@ def run_repl(model: nn.Module, tokenizer: TextTokenizer, cfg: SamplingConfig, *,
             continue
         turn_cfg = dataclasses.replace(cfg, seed=cfg.seed + turns * cfg.num_samples)
         turns += 1
-        _stream_reply(model, tokenizer, prompt, turn_cfg, print_fn)
+        _stream_reply(model, tokenizer, prompt, turn_cfg, print_fn, compile)

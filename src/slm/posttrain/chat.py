@@ -47,7 +47,7 @@ def fit_history(formatter: ChatFormatter, messages: list[Message], max_prompt: i
 
 
 def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], cfg: SamplingConfig,
-           print_fn: Callable[..., Any]) -> str:
+           print_fn: Callable[..., Any], compile: bool = False) -> str:
     streamer = TextStreamer(lambda ids: formatter.tokenizer.decode(ids, skip_special=True))
 
     def on_token(row: int, token: int) -> None:
@@ -57,7 +57,7 @@ def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], 
 
     prompt = formatter.encode_prompt(messages)
     try:
-        generate(model, [prompt], cfg, eos_id=formatter.end_of_turn_id, on_token=on_token)
+        generate(model, [prompt], cfg, eos_id=formatter.end_of_turn_id, on_token=on_token, compile=compile)
     except KeyboardInterrupt:
         print_fn(streamer.finish() + "\n[interrupted]")
         return formatter.tokenizer.decode(streamer.ids, skip_special=True)
@@ -66,9 +66,10 @@ def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], 
 
 
 def run_chat(model: nn.Module, formatter: ChatFormatter, cfg: SamplingConfig, *, system_prompt: str = "",
-             input_fn: Callable[[str], str] | None = None, print_fn: Callable[..., Any] | None = None
-             ) -> list[Message]:
-    """Chat until /quit or EOF; returns the final conversation. `input_fn`/`print_fn` default to input/print."""
+             input_fn: Callable[[str], str] | None = None, print_fn: Callable[..., Any] | None = None,
+             compile: bool = False) -> list[Message]:
+    """Chat until /quit or EOF; returns the final conversation. `input_fn`/`print_fn` default to input/print;
+    `compile` runs the decode step compiled (see `slm.generate.engine`)."""
     input_fn = input_fn or input
     print_fn = print_fn or print
     system = system_prompt
@@ -112,7 +113,7 @@ def run_chat(model: nn.Module, formatter: ChatFormatter, cfg: SamplingConfig, *,
         turns += 1
         print_fn("assistant> ", end="", flush=True)
         try:
-            reply = _reply(model, formatter, messages, turn_cfg, print_fn)
+            reply = _reply(model, formatter, messages, turn_cfg, print_fn, compile)
         except SlmError as err:
             print_fn(str(err))
             messages.pop()

@@ -109,7 +109,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         sampling = _replace_sampling(sampling, max_new_tokens=args.max_new_tokens)
     formatter = ChatFormatter(tok, post.template_text())
-    run_chat(model, formatter, _plain_sampling(sampling), system_prompt=args.system or post.system_prompt)
+    run_chat(model, formatter, _plain_sampling(sampling), system_prompt=args.system or post.system_prompt,
+             compile=args.compile)
     return 0
 
 
@@ -150,3 +151,5 @@ def register(sub: Any) -> None:
     chat.add_argument("--system", default="", help="system prompt")
     chat.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     chat.add_argument("--max-new-tokens", type=int, default=None, help="longest reply")
+    chat.add_argument("--compile", action="store_true", help="compile the decode step (slow first reply, faster "
+                      "tokens after; see slm generate --help)")
