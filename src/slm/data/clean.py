@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slm.data.lazyclass import lazy_class, module_getattr
 from slm.errors import SlmError, atomic_write_text
 
 EXAMPLES_PER_TASK = 3
@@ -75,10 +76,8 @@ class RemovedSampler:
             atomic_write_text(path, json.dumps(self.counts, ensure_ascii=False) + "\n")
 
 
-def _length_filter_class() -> type:
+def _build_length_filter() -> type:
     """`LengthFilter`, a datatrove BaseFilter built on first use so importing this module does not need datatrove."""
-    if "LengthFilter" in globals():
-        return globals()["LengthFilter"]
     from datatrove.pipeline.filters.base_filter import BaseFilter
 
     class LengthFilter(BaseFilter):
@@ -100,16 +99,15 @@ def _length_filter_class() -> type:
                 return False, "too_few_words"
             return True
 
-    LengthFilter.__module__, LengthFilter.__qualname__ = __name__, "LengthFilter"  # picklable by reference
-    globals()["LengthFilter"] = LengthFilter
     return LengthFilter
 
 
-def __getattr__(name: str) -> Any:
-    # Worker processes unpickle `slm.data.clean.LengthFilter` by name: build it on demand (PEP 562).
-    if name == "LengthFilter":
-        return _length_filter_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _length_filter_class() -> type:
+    return lazy_class(globals(), "LengthFilter", _build_length_filter)
+
+
+# Worker processes unpickle `slm.data.clean.LengthFilter` by name: built on demand.
+__getattr__ = module_getattr(globals(), {"LengthFilter": _build_length_filter})
 
 
 def language_model_path() -> Path:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from slm.data.lazyclass import lazy_class, module_getattr
 from slm.errors import SlmError, atomic_path
 
 SPLIT_ORDER = ("val", "train")  # val first: it wins ties, so duplicates leave train, never val
@@ -177,9 +178,7 @@ class ExactRemoveStep:
 # ---------------------------------------------------------------------------------------------------------- minhash
 
 
-def _whitespace_tokenizer_class() -> type:
-    if "WhitespaceWordTokenizer" in globals():
-        return globals()["WhitespaceWordTokenizer"]
+def _build_whitespace_tokenizer() -> type:
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class WhitespaceWordTokenizer(WordTokenizer):
@@ -194,16 +193,15 @@ def _whitespace_tokenizer_class() -> type:
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             return [m.span() for m in re.finditer(r"\S+", text)]
 
-    WhitespaceWordTokenizer.__module__, WhitespaceWordTokenizer.__qualname__ = __name__, "WhitespaceWordTokenizer"
-    globals()["WhitespaceWordTokenizer"] = WhitespaceWordTokenizer
     return WhitespaceWordTokenizer
 
 
-def __getattr__(name: str) -> Any:
-    # Worker processes unpickle the tokenizer class by name: build it on demand (PEP 562).
-    if name == "WhitespaceWordTokenizer":
-        return _whitespace_tokenizer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _whitespace_tokenizer_class() -> type:
+    return lazy_class(globals(), "WhitespaceWordTokenizer", _build_whitespace_tokenizer)
+
+
+# Worker processes unpickle the tokenizer class by name: built on demand.
+__getattr__ = module_getattr(globals(), {"WhitespaceWordTokenizer": _build_whitespace_tokenizer})
 
 
 def minhash_config(cfg: DedupConfig) -> Any:
