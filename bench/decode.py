@@ -116,20 +116,22 @@ def compare(label: str, slm_model: Transformer, hf_models: dict[str, torch.nn.Mo
     """Medians of slm, each HF variant and each of `others` (name -> decode fn, batch 1); adds "hf_best" (the faster
     HF median)."""
     n = len(prompts) * new
-    variants = {"slm": rate(slm_generate_fn(slm_model, prompts, new, compile_step), n)}
+    slm_fn = slm_generate_fn(slm_model, prompts, new, compile_step)
+    variants = {"slm": rate(slm_fn, n)}
     for name, hf in hf_models.items():
         variants[name] = rate(hf_generate_fn(hf, prompts, new), n)
     for name, fn in (others or {}).items():
-        ours, theirs = slm_generate_fn(slm_model, prompts, new, compile_step)(), fn()
-        same = sum(a == b for a, b in zip(ours[0], theirs))
-        print(f"  {label}: slm and {name} agree on {same}/{new} greedy tokens", flush=True)
         variants[name] = rate(fn, n)
     t0 = time.perf_counter()
-    ours = variants["slm"]()  # warm-up (compiles the step)
-    print(f"  {label}: warm-up slm {time.perf_counter() - t0:.1f} s ({ours:,.1f} tok/s)", flush=True)
+    warm = variants["slm"]()  # warm-up (compiles the step)
+    print(f"  {label}: warm-up slm {time.perf_counter() - t0:.1f} s ({warm:,.1f} tok/s)", flush=True)
+    ours = slm_fn()
     for name, hf in hf_models.items():
-        same = slm_generate_fn(slm_model, prompts, new, compile_step)() == hf_generate_fn(hf, prompts, new)()
+        same = ours == hf_generate_fn(hf, prompts, new)()
         print(f"  {label}: slm and {name} greedy tokens identical: {same}", flush=True)
+    for name, fn in (others or {}).items():
+        same = sum(a == b for a, b in zip(ours[0], fn()))
+        print(f"  {label}: slm and {name} agree on {same}/{new} greedy tokens", flush=True)
     med = alternate(variants, rounds, label=f"{label} tok/s ")
     med["hf_best"] = max(v for k, v in med.items() if k.startswith("hf"))
     print(f"{label}: " + "  ".join(f"{k} {v:,.1f} tok/s" for k, v in med.items()), flush=True)
