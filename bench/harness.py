@@ -101,10 +101,11 @@ def reference_config(vocab: int = 8192, seq_len: int = 256) -> ModelConfig:
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 
 
-def emit(*, save: bool = True, **figures: float) -> None:
-    """The one closing `key=value` line every bench script ends with. With `save`, the figures also go to
-    runs/bench/<script>.json with the command and the machine line: `scripts/readme_results.py` builds the README's
-    speed table from those files, so no figure there is typed by hand. Smoke runs (--quick) pass save=False."""
+def emit(*, save: bool = True, extra: dict[str, float] | None = None, **figures: float) -> None:
+    """The one closing `key=value` line every bench script ends with. With `save`, the figures (and `extra`, figures
+    kept out of that line) also go to runs/bench/<script>.json with the command and the machine line:
+    `scripts/readme_results.py` builds the README's speed table from those files, so no figure there is typed by
+    hand. Smoke runs (--quick) pass save=False."""
     def fmt(v: float) -> str:
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
 
@@ -112,7 +113,8 @@ def emit(*, save: bool = True, **figures: float) -> None:
     if save:
         script = Path(sys.argv[0]).name
         record = {"command": " ".join(["python", f"bench/{script}", *sys.argv[1:]]), "machine": machine_line(),
-                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "figures": figures}
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "figures": figures,
+                  "extra": extra or {}}
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = RESULTS_DIR / f".{script}.json.tmp"
         tmp.write_text(json.dumps(record, indent=2))

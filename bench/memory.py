@@ -10,7 +10,8 @@ the RSS right after building the model is printed too, to show how much the step
 - hf: fp32 weights, `model(input_ids, labels=...).loss.backward()`, `torch.optim.AdamW` (default foreach).
 - slm: the trainer's step with its automatic choices — precision "auto" (bf16 autocast on AMX/bf16 CPUs), the
   fused chunked cross-entropy (never holds (T, 49152) fp32 logits), fused AdamW (updates in place, no foreach
-  temporaries), and `--train.activation_checkpointing` as given by --checkpointing (default on: the memory setting).
+  temporaries), `--train.activation_checkpointing` as given by --checkpointing (default on: the memory setting), and
+  the trainer's `--train.keep_freed_memory` (freed memory stays in the process, so the peak is the high-water mark).
 Medians over --repeats child runs per side (alternating). Last line: slm_peak_mib hf_peak_mib ratio.
 """
 
@@ -66,11 +67,14 @@ def child_slm(seq: int, checkpointing: bool) -> dict:
 
     from slm.config import TrainConfig
     from slm.model import Transformer, preset_config
+    from slm.train.hostmem import retain_freed_memory
     from slm.train.optim import build_optimizer
     from slm.train.trainer import resolve_precision
 
     cfg = preset_config("smollm2-135m", max_seq_len=max(seq, 256))
     tc = TrainConfig(lr=1e-4, activation_checkpointing=checkpointing)
+    if tc.keep_freed_memory:  # as the trainer does on CPU: freed memory stays in the process (slm.train.hostmem)
+        retain_freed_memory()
     with torch.device("meta"):  # as the trainer builds it: no throw-away random init on the way
         model = Transformer(cfg)
     model.to_empty(device="cpu")

@@ -3,13 +3,22 @@
 Usage: python bench/train_throughput.py [--quick] [--rounds N] [--steps N] [--ablate]
 
 Same config (the issue's reference: vocab 8192, d 384, 6 layers, 6/2 heads, FFN 1024, tied), same initial weights,
-same random batch (8 x 256), one process, variants alternating round by round (see `harness.alternate`):
+same random batch (8 x 256), variants alternating round by round (see `harness.alternate`):
 - hf_fp32 / hf_bf16: what a user would write — `model(input_ids, labels=...).loss.backward()`, `torch.optim.AdamW`
   (its default foreach implementation), `zero_grad`; bf16 = the same under `torch.autocast("cpu", torch.bfloat16)`.
 - slm: the step `slm.train.trainer.train` runs, with its automatic choices — precision "auto" (bf16 autocast on an
   AMX/bf16 CPU or CUDA), `torch.compile` of the model (`--train.compile=true`), fused AdamW with the trainer's param
-  groups, the fused chunked cross-entropy, and the grad-norm clip the trainer always does.
-- with --ablate also slm_fp32 (eager fp32) and slm_bf16 (eager bf16 autocast): how much each piece buys.
+  groups, the fused chunked cross-entropy, the grad-norm clip the trainer always does, and freed host memory kept
+  in the process between steps (`--train.keep_freed_memory`, `slm.train.hostmem`).
+- hf_bf16_keepmem: HF's bf16 loop with that same allocator setting. It is not specific to slm, so its ratio is
+  printed too: the share of slm's lead that comes from the setting is visible.
+- with --ablate also slm_fp32 (eager fp32), slm_bf16 (eager bf16 autocast) and slm_glibc (the fast path with
+  glibc's allocator defaults): how much each piece buys.
+
+One worker process per variant, all alive for the whole run and driven in turn by this process (each round asks
+each worker for `--steps` timed steps). Separate processes because the allocator setting is per process and sticks:
+in one shared process, one variant's setting and grown heap leak into the others' timings (measured: HF's plain loop
+gained ~7 % from running beside slm), and a user's script does not share slm's process either.
 
 MFU = model FLOPs per token (`slm.model.model_flops_per_token`: 6N + attention) x tok/s / peak, with the bf16 and
 fp32 GEMM peaks measured in the same run (`slm.train.metrics.measure_gemm_flops`, before and after the rounds; the
@@ -20,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +41,7 @@ from harness import (add_timing_args, alternate, apply_timing_args, clock, emit,
 
 from slm.config import TrainConfig
 from slm.model import Transformer, model_flops_per_token
+from slm.train.hostmem import retain_freed_memory
 from slm.train.metrics import measure_gemm_flops
 from slm.train.optim import build_optimizer
 from slm.train.trainer import resolve_precision
@@ -69,6 +82,73 @@ def slm_step_fn(model: Transformer, x: torch.Tensor, y: torch.Tensor, precision:
     return step, autocast_dtype
 
 
+def batch(cfg, args) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
+    return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+
+def build_step(name: str, args: argparse.Namespace):
+    """Variant `name` (module docstring) in this process -> (step function, one-line description)."""
+    cfg = reference_config(seq_len=args.seq)
+    x, y = batch(cfg, args)
+
+    def make_slm() -> Transformer:
+        m = Transformer(cfg)
+        m.reset_parameters(seed=0)  # the same weights in every worker
+        return m.train()
+
+    if name.endswith("keepmem") or name in ("slm", "slm_fp32", "slm_bf16"):
+        retain_freed_memory()  # as `slm.train.trainer.train` does on CPU (--train.keep_freed_memory=true)
+    if name.startswith("hf_"):
+        return hf_step_fn(hf_twin(make_slm()).train(), x, bf16="bf16" in name), "plain AdamW loop"
+    precision, compiled = {"slm": ("auto", not args.quick), "slm_glibc": ("auto", not args.quick),
+                           "slm_fp32": ("fp32", False), "slm_bf16": ("bf16", False)}[name]
+    step, autocast_dtype = slm_step_fn(make_slm(), x, y, precision, compiled)
+    return step, f"precision {precision} -> {autocast_dtype or 'fp32'}, compile={compiled}"
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Worker: build the variant, then answer each line of stdin — "warm" or a step count — with the seconds taken."""
+    step, info = build_step(args.child, args)
+    print(f"ready {info}", flush=True)
+    for line in sys.stdin:
+        warm = line.strip() == "warm"
+        now = time.perf_counter if warm else clock  # warm-up in wall time; rounds in the chosen clock
+        t0 = now()
+        for _ in range(2 if warm else int(line)):
+            step()
+        print(now() - t0, flush=True)
+
+
+class Worker:
+    """The parent's handle on one variant's worker process."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--batch", str(args.batch),
+               "--seq", str(args.seq), "--threads", str(torch.get_num_threads())]
+        cmd += ["--cpu-time"] if args.cpu_time else []
+        cmd += ["--quick"] if args.quick else []
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read().removeprefix("ready ")
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} exited (code {self.proc.wait()}); its stderr is above")
+        return line.strip()
+
+    def ask(self, command: str) -> float:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny batch, 1 round, no compile")
@@ -77,42 +157,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--ablate", action="store_true", help="also time slm eager fp32 and eager bf16")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     add_timing_args(ap)
     args = ap.parse_args()
     apply_timing_args(args)
+    if args.child:
+        return child_main(args)
     if args.quick:
         args.rounds, args.steps, args.batch, args.seq = 1, 1, 2, 64
-    compile_model = not args.quick
 
     cfg = reference_config(seq_len=args.seq)
-    torch.manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
-    x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    tokens = x.numel()
+    tokens = args.batch * args.seq
     print(f"# train throughput: {machine_line()}; batch {args.batch} x {args.seq}; {args.rounds} rounds x "
           f"{args.steps} steps", flush=True)
 
-    def make_slm() -> Transformer:
-        m = Transformer(cfg)
-        m.reset_parameters(seed=0)
-        return m.train()
-
-    base = make_slm()
-    steps: dict[str, object] = {}
-    steps["hf_fp32"] = hf_step_fn(hf_twin(base).train(), x, bf16=False)
-    steps["hf_bf16"] = hf_step_fn(hf_twin(base).train(), x, bf16=True)
-    slm_step, autocast_dtype = slm_step_fn(make_slm(), x, y, "auto", compile_model)
-    steps["slm"] = slm_step
+    names = ["hf_fp32", "hf_bf16", "hf_bf16_keepmem", "slm"]
     if args.ablate:
-        steps["slm_fp32"] = slm_step_fn(make_slm(), x, y, "fp32", False)[0]
-        steps["slm_bf16"] = slm_step_fn(make_slm(), x, y, "bf16", False)[0]
-    print(f"# slm fast path: precision auto -> {autocast_dtype or 'fp32'}, compile={compile_model}", flush=True)
-
-    for name, fn in steps.items():  # warm-up: kernel selection, torch.compile
-        t0 = time.perf_counter()
-        fn()
-        fn()
-        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        names += ["slm_fp32", "slm_bf16", "slm_glibc"]
+    workers = {name: Worker(name, args) for name in names}
+    for name, w in workers.items():  # one at a time: kernel selection, torch.compile
+        print(f"  warm-up {name}: {w.ask('warm'):.1f} s ({w.info})", flush=True)
 
     peak_reps = 2 if args.quick else 8
 
@@ -122,15 +186,14 @@ def main() -> None:
 
     peaks = [measure_peaks()]
 
-    def rate(fn):
-        def run() -> float:
-            t0 = clock()
-            for _ in range(args.steps):
-                fn()
-            return args.steps * tokens / (clock() - t0)
-        return run
+    def rate(w: "Worker"):
+        return lambda: args.steps * tokens / w.ask(str(args.steps))
 
-    med = alternate({n: rate(f) for n, f in steps.items()}, args.rounds, label="tok/s ")
+    try:
+        med = alternate({n: rate(w) for n, w in workers.items()}, args.rounds, label="tok/s ")
+    finally:
+        for w in workers.values():
+            w.close()
     peaks.append(measure_peaks())
     peak_bf16 = max(p[0] for p in peaks)
     peak_fp32 = max(p[1] for p in peaks)
@@ -138,9 +201,13 @@ def main() -> None:
     print(f"# GEMM peak: bf16 {peak_bf16 / 1e9:,.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:,.0f} GFLOP/s; "
           f"model {fpt / 1e6:.1f} MFLOP/token")
     for name, v in med.items():
-        print(f"{name:>10}: {v:>9,.0f} tok/s  model {fpt * v / 1e9:6.0f} GFLOP/s  "
+        print(f"{name:>15}: {v:>9,.0f} tok/s  model {fpt * v / 1e9:6.0f} GFLOP/s  "
               f"MFU vs bf16 peak {fpt * v / peak_bf16:6.1%}  vs fp32 peak {fpt * v / peak_fp32:6.1%}")
-    emit(save=not args.quick, slm_tok_s=med["slm"], hf_fp32_tok_s=med["hf_fp32"], hf_bf16_tok_s=med["hf_bf16"],
+    print(f"# HF's bf16 loop with slm's allocator setting: {med['hf_bf16_keepmem']:,.0f} tok/s; slm is "
+          f"{med['slm'] / med['hf_bf16_keepmem']:.2f}x that ({med['slm'] / med['hf_bf16']:.2f}x HF's plain loop)")
+    emit(save=not args.quick, extra={"hf_bf16_keepmem_tok_s": med["hf_bf16_keepmem"],
+                                     "ratio_bf16_keepmem": med["slm"] / med["hf_bf16_keepmem"]},
+         slm_tok_s=med["slm"], hf_fp32_tok_s=med["hf_fp32"], hf_bf16_tok_s=med["hf_bf16"],
          ratio_fp32=med["slm"] / med["hf_fp32"], ratio_bf16=med["slm"] / med["hf_bf16"],
          mfu_bf16=fpt * med["slm"] / peak_bf16)
 

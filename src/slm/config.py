@@ -108,6 +108,7 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept besides the best one
     log_every: int = 10  # steps between metric lines
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = number of cores
+    keep_freed_memory: bool = True  # CPU + glibc: freed memory stays in the process between steps (slm.train.hostmem)
     tensorboard: bool = True  # write TensorBoard event files
     wandb: bool = False  # log to Weights & Biases (needs `pip install wandb`)
     wandb_project: str = "slm"

@@ -75,6 +75,24 @@ def test_fused_ce_under_autocast_matches_fp32_reference(compile_kernels):
     torch.testing.assert_close(gw, w.grad, atol=2e-3, rtol=5e-2)
 
 
+def test_compiled_ce_chunk_equals_eager_in_fp32():
+    """The compiled chunk kernel (one-hot by index comparison, gradient written transposed) computes what the eager
+    in-place one computes, ignored targets and a short last chunk included."""
+    torch.manual_seed(2)
+    h = torch.randn(37, 32, dtype=torch.float64).float()
+    w = 0.3 * torch.randn(128, 32)
+    t = torch.randint(0, 128, (37,))
+    t[::5] = -100
+    got = []
+    for compile_kernels in (False, True):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = chunked_cross_entropy(hh, ww, t, chunk=16, reduction="sum", compile_kernels=compile_kernels)
+        loss.backward()
+        got.append((loss.detach(), hh.grad, ww.grad))
+    for eager, compiled in zip(*got):
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
 def test_fused_ce_without_grad_computes_only_the_loss():
     h, w = torch.randn(10, 64), torch.randn(256, 64)
     t = torch.randint(0, 256, (10,))

@@ -36,6 +36,7 @@ from ..errors import SlmError
 from ..model import Transformer, model_flops_per_token
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .hostmem import retain_freed_memory
 from .metrics import MetricsLogger, peak_flops
 from .optim import build_optimizer
 from .schedule import lr_multiplier
@@ -82,10 +83,13 @@ def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | No
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
 
 
-def _set_threads(cfg: RunConfig, dist: DistInfo) -> None:
+def _tune_cpu(cfg: RunConfig, dist: DistInfo) -> None:
+    """Threads per process, and freed host memory kept between steps (slm.train.hostmem)."""
     if dist.device.type == "cpu":
         n = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         torch.set_num_threads(n)
+        if cfg.train.keep_freed_memory:
+            retain_freed_memory()
 
 
 def _check_same_model(cfg: RunConfig, path: Path) -> None:
@@ -136,7 +140,7 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     """Run (or resume) training as configured; returns the history and where the checkpoints went."""
     dist = dist or init_distributed(cfg.run.device)
     device = dist.device
-    _set_threads(cfg, dist)
+    _tune_cpu(cfg, dist)
     tc = cfg.train
     run_dir = cfg.run_dir()
     autocast_dtype, use_scaler = resolve_precision(tc.precision, device)
