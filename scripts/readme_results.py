@@ -45,7 +45,10 @@ def render_bench(bench_dir: Path) -> str:
     for path in sorted(bench_dir.glob("*.json")):
         rec = json.loads(path.read_text())
         figs = rec["figures"]
-        shown = ", ".join(f"{k} {v:,.4g}" if abs(v) < 10 else f"{k} {v:,.1f}" for k, v in figs.items())
+        def fmt(items: dict) -> str:
+            return ", ".join(f"{k} {v:,.4g}" if abs(v) < 10 else f"{k} {v:,.1f}" for k, v in items.items())
+
+        shown = fmt(figs) + (f" (also: {fmt(rec['extra'])})" if rec.get("extra") else "")
         checks = []
         for key, op, bound in TARGETS.get(path.stem, []):
             if key in figs:

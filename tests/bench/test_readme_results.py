@@ -23,8 +23,10 @@ def test_bench_table_reports_each_target_from_the_recorded_figures(tmp_path):
     }
     for name, figures in records.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"command": f"python bench/{name}.py", "machine": "m", "date": "d", "figures": figures}))
+            {"command": f"python bench/{name}.py", "machine": "m", "date": "d", "figures": figures,
+             "extra": {"ratio_bf16_keepmem": 1.7} if name == "train_throughput" else {}}))
     table = _module().render_bench(tmp_path)
+    assert "(also: ratio_bf16_keepmem 1.7)" in table
     assert "ratio_fp32 >= 3.0: met" in table
     assert "ratio_bf16 >= 2.0: **not met**" in table
     assert "mfu_bf16 >= 0.5: **not met**" in table
