@@ -109,7 +109,7 @@ def build_step(name: str, args: argparse.Namespace):
 
 
 def child_main(args: argparse.Namespace) -> None:
-    """Worker: build the variant, then answer each line of stdin — "warm" or a step count — with the seconds taken."""
+    """Worker: build the variant, then answer each stdin line ("warm" or a step count) with the seconds taken."""
     step, info = build_step(args.child, args)
     print(f"ready {info}", flush=True)
     for line in sys.stdin:

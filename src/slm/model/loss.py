@@ -45,7 +45,7 @@ IGNORE_INDEX = -100
 def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits (n, V) any float dtype, targets (n,) -> (summed CE in fp32, d(sum CE)/d(logits) TRANSPOSED, (V, n), in
     logits' dtype): contiguous when compiled, a view of the (n, V) gradient in eager (module docstring)."""
-    x = logits.float()  # (n, V) the one fp32 copy; the gradient is formed in it in place
+    x = logits.float()  # (n, V) the one fp32 copy (eager forms the gradient in it in place)
     valid = targets != IGNORE_INDEX  # (n,)
     safe = torch.where(valid, targets, 0)[:, None]  # (n, 1)
     lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
@@ -81,9 +81,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 # Rows per chunk: at most CHUNK_ELEMENTS / vocab, so one chunk's transient memory (bf16 logits + an fp32 copy +
 # scratch, ~10 bytes per element) stays near 40 MB, but never fewer than MIN_CHUNK_ROWS, below which the head's GEMMs
-# and the per-chunk fp32 accumulation of grad_weight (vocab x d_model) dominate (so ~126 MB at a 49152 vocab). Measured on the reference config (vocab 8192,
-# 2048 rows, fused loss forward + backward): 256-512 rows ~47-53 ms, 2048 rows (one chunk) 81 ms, 128 rows 66 ms;
-# SmolLM2's vocab 49152: 256-341 rows ~830 ms, 64 rows 2,280 ms.
+# and the per-chunk fp32 accumulation of grad_weight (vocab x d_model) dominate (so ~126 MB at a 49152 vocab).
+# Measured on the reference config (vocab 8192, 2048 rows, fused loss forward + backward): 256-512 rows ~47-53 ms,
+# 2048 rows (one chunk) 81 ms, 128 rows 66 ms; SmolLM2's vocab 49152: 256-341 rows ~830 ms, 64 rows 2,280 ms.
 CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ROWS = 256
 
