@@ -28,7 +28,15 @@ def test_overrides_and_types(tmp_path):
                                  "--train.compile=true", "--model.d_model=128", "--train.steps=1_000"])
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
     assert cfg.model.d_model == 128 and cfg.model.n_layers == 4  # explicit key wins, preset fills the rest
-    assert cfg.data.inputs == ["a.txt", "b.txt"] and cfg.train.compile is True and cfg.train.steps == 1000
+    assert cfg.data.inputs == ["a.txt", "b.txt"] and cfg.train.compile == "true" and cfg.train.steps == 1000
+
+
+@pytest.mark.parametrize("text,expected", [("", "auto"), ("compile: true", "true"), ("compile: false", "false"),
+                                           ("compile: auto", "auto")])
+def test_compile_takes_yaml_booleans_and_auto(tmp_path, text, expected):
+    f = tmp_path / "r.yaml"
+    f.write_text(f"train:\n  steps: 3\n  {text}\n")
+    assert load_run_config(f).train.compile == expected
 
 
 def test_phases_from_yaml(tmp_path):
@@ -44,7 +52,7 @@ def test_phases_from_yaml(tmp_path):
     (["--nosection.x=1"], "unknown config key 'nosection'"),
     (["--train.lr=fast"], "train.lr: expected a number"),
     (["--train.steps=1.5"], "train.steps: expected an integer"),
-    (["--train.compile=maybe"], "train.compile: expected true/false"),
+    (["--train.compile=maybe"], "--train.compile='maybe': choose one of auto, true, false"),
     (["--train.optimizer=sgd"], "--train.optimizer='sgd'"),
     (["--model.preset=huge"], "unknown preset 'huge'"),
     (["--model.d_model=100", "--model.n_heads=3"], "divisible"),

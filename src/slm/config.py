@@ -98,7 +98,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
-    compile: bool = False  # torch.compile the model
+    compile: str | bool = "auto"  # torch.compile the model: true | false | auto (CUDA; CPU runs of >= 1M tokens)
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
     loss_chunk: int = 4096  # rows per chunk of the chunked cross-entropy
     eval_every: int = 100  # steps between validation evals (0 = only at the end)
@@ -117,8 +117,10 @@ class TrainConfig:
     max_skipped_steps: int = 20  # abort after this many consecutive non-finite steps
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # YAML's true/false and Python callers' booleans
+            self.compile = "true" if self.compile else "false"
         choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd", "linear", "constant"),
-                   "precision": ("auto", "fp32", "bf16", "fp16")}
+                   "precision": ("auto", "fp32", "bf16", "fp16"), "compile": ("auto", "true", "false")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise SlmError(f"--train.{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
@@ -194,7 +196,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        for alt in args[:-1]:  # the first alternative that takes the value (e.g. str | bool: "auto", or YAML's true)
+            try:
+                return _coerce(value, alt, where)
+            except SlmError:
+                pass
+        return _coerce(value, args[-1], where)
     if tp is bool:
         if isinstance(value, bool):
             return value
