@@ -18,7 +18,7 @@ same random batch (8 x 256), variants alternating round by round (see `harness.a
 One worker process per variant, all alive for the whole run and driven in turn by this process (each round asks
 each worker for `--steps` timed steps). Separate processes because the allocator setting is per process and sticks:
 in one shared process, one variant's setting and grown heap leak into the others' timings (measured: HF's plain loop
-gained ~7 % from running beside slm), and a user's script does not share slm's process either.
+ran ~7 % faster beside slm than in its own process), and a user's script does not share slm's process either.
 
 MFU = model FLOPs per token (`slm.model.model_flops_per_token`: 6N + attention) x tok/s / peak, with the bf16 and
 fp32 GEMM peaks measured in the same run (`slm.train.metrics.measure_gemm_flops`, before and after the rounds; the
@@ -156,7 +156,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per variant per round")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--ablate", action="store_true", help="also time slm eager fp32 and eager bf16")
+    ap.add_argument("--ablate", action="store_true", help="also time slm eager fp32, eager bf16, and the fast path "
+                    "with glibc's allocator defaults")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     add_timing_args(ap)
     args = ap.parse_args()
