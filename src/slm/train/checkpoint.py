@@ -121,7 +121,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise SlmError(f"{path}: weights do not match its config.yaml (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}); the checkpoint is inconsistent")
-    model = _materialize_buffers(model)
+    model.materialize_buffers()  # the non-persistent buffers hold no data after assign=True onto meta
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval(), cfg
 
@@ -129,12 +129,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
     with torch.device(device):
         return Transformer(cfg)
-
-
-def _materialize_buffers(model: Transformer) -> Transformer:
-    """After `assign=True` loading onto a meta model, recreate the non-persistent buffers."""
-    model.materialize_buffers()
-    return model
 
 
 def load_tokenizer_of(path: str | Path):
