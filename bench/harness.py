@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
+from slm.errors import atomic_write_text  # noqa: E402
 from slm.model import ModelConfig, Transformer  # noqa: E402
 
 
@@ -115,10 +116,7 @@ def emit(*, save: bool = True, extra: dict[str, float] | None = None, **figures:
         record = {"command": " ".join(["python", f"bench/{script}", *sys.argv[1:]]), "machine": machine_line(),
                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "figures": figures,
                   "extra": extra or {}}
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS_DIR / f".{script}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(RESULTS_DIR / f"{Path(script).stem}.json")
+        atomic_write_text(RESULTS_DIR / f"{Path(script).stem}.json", json.dumps(record, indent=2))
 
 
 def machine_line() -> str:
