@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from harness import add_timing_args, alternate, apply_timing_args, clock, emit, machine_line
 
-from slm.model.attention import causal_bias, dense_causal_attention
+from slm.models.layers.attention import causal_bias, dense_causal_attention
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from harness import (add_timing_args, alternate, apply_timing_args, clock, emit,
                      reference_config)
 
 from slm.generate import SamplingConfig, generate
-from slm.model import Transformer
+from slm.models import CausalLM, build_model
 
 SMOLLM2_DIR = Path.home() / ".cache" / "slm" / "smollm2-135m-instruct"
 
@@ -62,7 +62,7 @@ def hf_generate_fn(hf: torch.nn.Module, prompts: list[list[int]], new: int):
     return run
 
 
-def slm_generate_fn(model: Transformer, prompts: list[list[int]], new: int, compile_step: bool):
+def slm_generate_fn(model: CausalLM, prompts: list[list[int]], new: int, compile_step: bool):
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, stop_at_eos=False)
     return lambda: generate(model, prompts, cfg, eos_id=None, compile=compile_step)
 
@@ -95,8 +95,8 @@ def llama_cpp_fn(gguf: Path, prompt: list[int], new: int):
     return run
 
 
-def load_smollm2() -> Transformer:
-    from slm.train.checkpoint import load_model
+def load_smollm2() -> CausalLM:
+    from slm.checkpoint import load_model
 
     if not (SMOLLM2_DIR / "model.safetensors").is_file():
         from slm.export.hf import import_hf
@@ -111,7 +111,7 @@ def load_smollm2() -> Transformer:
     return model
 
 
-def compare(label: str, slm_model: Transformer, hf_models: dict[str, torch.nn.Module], prompts: list[list[int]],
+def compare(label: str, slm_model: CausalLM, hf_models: dict[str, torch.nn.Module], prompts: list[list[int]],
             new: int, rounds: int, compile_step: bool, others: dict | None = None) -> dict[str, float]:
     """Medians of slm, each HF variant and each of `others` (name -> decode fn, batch 1); adds "hf_best" (the faster
     HF median)."""
@@ -138,7 +138,7 @@ def compare(label: str, slm_model: Transformer, hf_models: dict[str, torch.nn.Mo
     return med
 
 
-def hf_variants(model: Transformer, quick: bool) -> dict[str, torch.nn.Module]:
+def hf_variants(model: CausalLM, quick: bool) -> dict[str, torch.nn.Module]:
     if quick:
         return {"hf_fp32": hf_twin(model, torch.float32).eval()}
     return {"hf_fp32": hf_twin(model, torch.float32).eval(), "hf_bf16": hf_twin(model, torch.bfloat16).eval()}
@@ -168,7 +168,7 @@ def main() -> None:
 
     cfg = reference_config()
     cfg.max_seq_len = 2048
-    model = Transformer(cfg)
+    model = build_model(cfg)
     model.reset_parameters(seed=0)
     hfs = hf_variants(model, args.quick)
     model = model.to(dtype).eval()

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
 from slm.errors import atomic_write_text  # noqa: E402
-from slm.model import ModelConfig, Transformer  # noqa: E402
+from slm.models import CausalLM, ModelConfig
 
 
 _clock = time.perf_counter
@@ -73,8 +73,8 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> float:
     return clock() - t0
 
 
-def hf_twin(model: Transformer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """`transformers.LlamaForCausalLM` with the same config and weights as an slm `Transformer` (qk_norm=False)."""
+def hf_twin(model: CausalLM, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """`transformers.LlamaForCausalLM` with the same config and weights as an slm `CausalLM` (qk_norm=False)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slm.export.hf import model_config_to_hf, to_hf_name

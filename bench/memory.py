@@ -46,7 +46,7 @@ def child_hf(seq: int) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slm.export.hf import model_config_to_hf
-    from slm.model import preset_config
+    from slm.models import build_model, preset_config
 
     raw = model_config_to_hf(preset_config("smollm2-135m"))
     model_type = raw.pop("model_type")
@@ -66,17 +66,17 @@ def child_slm(seq: int, checkpointing: bool) -> dict:
     import contextlib
 
     from slm.config import TrainConfig
-    from slm.model import Transformer, preset_config
+    from slm.models import build_model, preset_config
     from slm.train.hostmem import retain_freed_memory
     from slm.train.optim import build_optimizer
-    from slm.train.trainer import resolve_precision
+    from slm.runtime import resolve_precision
 
     cfg = preset_config("smollm2-135m", max_seq_len=max(seq, 256))
     tc = TrainConfig(lr=1e-4, activation_checkpointing=checkpointing)
     if tc.keep_freed_memory:  # as the trainer does on CPU: freed memory stays in the process (slm.train.hostmem)
         retain_freed_memory()
     with torch.device("meta"):  # as the trainer builds it: no throw-away random init on the way
-        model = Transformer(cfg)
+        model = build_model(cfg)
     model.to_empty(device="cpu")
     model.reset_parameters(seed=0)
     model.gradient_checkpointing = tc.activation_checkpointing

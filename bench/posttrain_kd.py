@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from slm.config import RunConfig
-from slm.model import ModelConfig, Transformer
+from slm.models import ModelConfig, build_model
 from slm.posttrain.config import load_posttrain_config
 from slm.posttrain.run import run_posttrain
-from slm.train.checkpoint import load_tokenizer_of, save_checkpoint
+from slm.checkpoint import load_tokenizer_of, save_checkpoint
 
 STUDENT = Path("runs/kd-student-init")
 TEACHER = Path("runs/smollm2-135m-instruct")
@@ -30,7 +30,7 @@ def make_student() -> None:
     cfg.model = ModelConfig(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=384, vocab_size=49152,
                             max_seq_len=512, tie_embeddings=True)
     cfg.tokenizer.kind, cfg.tokenizer.path = "pretrained", str((STUDENT / "tokenizer").resolve())
-    model = Transformer(cfg.model)
+    model = build_model(cfg.model)
     model.reset_parameters(seed=0)
     save_checkpoint(STUDENT, model=model, config=cfg, tokenizer=tok)
 

@@ -20,7 +20,7 @@ each worker for `--steps` timed steps). Separate processes because the allocator
 in one shared process, one variant's setting and grown heap leak into the others' timings (measured: HF's plain loop
 ran ~7 % faster beside slm than in its own process), and a user's script does not share slm's process either.
 
-MFU = model FLOPs per token (`slm.model.model_flops_per_token`: 6N + attention) x tok/s / peak, with the bf16 and
+MFU = model FLOPs per token (`CausalLM.flops_per_token`: 6N + attention) x tok/s / peak, with the bf16 and
 fp32 GEMM peaks measured in the same run (`slm.train.metrics.measure_gemm_flops`, before and after the rounds; the
 higher reading counts). Last line: slm_tok_s hf_fp32_tok_s hf_bf16_tok_s ratio_fp32 ratio_bf16 mfu_bf16.
 """
@@ -40,11 +40,11 @@ from harness import (add_timing_args, alternate, apply_timing_args, clock, emit,
                      reference_config)
 
 from slm.config import TrainConfig
-from slm.model import Transformer, model_flops_per_token
+from slm.models import CausalLM, build_model
 from slm.train.hostmem import retain_freed_memory
 from slm.train.metrics import measure_gemm_flops
 from slm.train.optim import build_optimizer
-from slm.train.trainer import resolve_precision
+from slm.runtime import resolve_precision
 
 
 def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
@@ -61,7 +61,7 @@ def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
     return step
 
 
-def slm_step_fn(model: Transformer, x: torch.Tensor, y: torch.Tensor, precision: str, compile_model: bool):
+def slm_step_fn(model: CausalLM, x: torch.Tensor, y: torch.Tensor, precision: str, compile_model: bool):
     """The trainer's step (trainer.py): autocast per `precision`, summed loss / targets, clip, fused AdamW."""
     tc = TrainConfig(lr=1e-3, precision=precision, compile=compile_model)
     autocast_dtype, _ = resolve_precision(tc.precision, torch.device("cpu"))
@@ -93,8 +93,8 @@ def build_step(name: str, args: argparse.Namespace):
     cfg = reference_config(seq_len=args.seq)
     x, y = batch(cfg, args)
 
-    def make_slm() -> Transformer:
-        m = Transformer(cfg)
+    def make_slm() -> CausalLM:
+        m = build_model(cfg)
         m.reset_parameters(seed=0)  # the same weights in every worker
         return m.train()
 
@@ -198,7 +198,7 @@ def main() -> None:
     peaks.append(measure_peaks())
     peak_bf16 = max(p[0] for p in peaks)
     peak_fp32 = max(p[1] for p in peaks)
-    fpt = model_flops_per_token(cfg, args.seq)
+    fpt = cfg.flops_per_token(args.seq)
     print(f"# GEMM peak: bf16 {peak_bf16 / 1e9:,.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:,.0f} GFLOP/s; "
           f"model {fpt / 1e6:.1f} MFLOP/token")
     for name, v in med.items():

@@ -140,7 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from .export.hf import export_hf
-    from .train.checkpoint import resolve_checkpoint
+    from .checkpoint import resolve_checkpoint
 
     out = export_hf(resolve_checkpoint(args.checkpoint), args.out, dtype=args.dtype)
     print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained('{out}'))")

@@ -23,8 +23,34 @@ from typing import Any
 import yaml
 
 from .errors import SlmError, atomic_write_text
-from .generate.sampling import SamplingConfig
-from .model.config import PRESETS, ModelConfig
+from .models import ARCHS, ModelConfig, get_arch, resolve_model_values
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    """How `slm.generate` picks each new token."""
+
+    temperature: float = 0.8  # softmax temperature; 0 = greedy (always the most likely token), >1 = more random
+    top_k: int = 0  # sample only among the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus sampling: smallest set of tokens whose probability mass >= top_p; 1.0 = off
+    repetition_penalty: float = 1.0  # CTRL-style penalty (>1 discourages) for tokens already in prompt or output
+    max_new_tokens: int = 256  # generate at most this many tokens per sample (fewer if the context window fills)
+    num_samples: int = 1  # independent completions per prompt
+    seed: int = 0  # seed of the one torch.Generator used for all draws; same seed + inputs = same samples
+    stop_at_eos: bool = True  # end a sample when the tokenizer's end-of-sequence token is drawn (not included)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0.0, "temperature", "must be >= 0 (0 = greedy)"),
+            (self.top_k >= 0, "top_k", "must be >= 0 (0 = off)"),
+            (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
+            (self.repetition_penalty > 0.0, "repetition_penalty", "must be > 0 (1.0 = off)"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
+            (self.num_samples >= 1, "num_samples", "must be >= 1"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise SlmError(f"--sample.{name} {rule}, got {getattr(self, name)!r}")
 
 
 @dataclass(kw_only=True)
@@ -162,7 +188,7 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: get_arch("llama").config())  # the class of model.arch
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleSection = field(default_factory=SampleSection)
@@ -315,14 +341,13 @@ def read_yaml(path: str | Path) -> dict:
 def build_run_config(data: dict) -> RunConfig:
     """Dict (recipe + overrides merged) -> RunConfig, applying the model preset under the explicit model keys."""
     data = dict(data)
-    model = dict(data.get("model") or {})
-    preset = model.get("preset")
-    if preset:
-        if preset not in PRESETS:
-            raise SlmError(f"model.preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
-        model = {**PRESETS[preset], **model}
-    data["model"] = model
-    return from_dict(RunConfig, data)
+    model = data.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise SlmError(f"model: expected a mapping of model fields, got {type(model).__name__}")
+    spec, model = resolve_model_values(model)
+    cfg = from_dict(RunConfig, data)
+    cfg.model = from_dict(spec.config, model, "model")
+    return cfg
 
 
 def load_run_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -359,6 +384,12 @@ def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str,
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         name = f"{prefix}{f.name}"
+        if tp is ModelConfig:  # the model section: shared fields, then each architecture's own
+            rows += config_help(ModelConfig, f"{name}.")
+            for spec in ARCHS.values():
+                own = [r for r in config_help(spec.config, f"{name}.") if r[0] not in {x[0] for x in rows}]
+                rows += [(flag, default, f"[arch={spec.name}] {comment}") for flag, default, comment in own]
+            continue
         if dataclasses.is_dataclass(tp):
             rows += config_help(tp, f"{name}.")
             continue

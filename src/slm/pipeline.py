@@ -19,8 +19,8 @@ import torch
 from .config import RunConfig, save_config
 from .data.corpora import resolve_input
 from .errors import SlmError, atomic_dir
-from .model.config import with_vocab
-from .train.distributed import DistInfo, barrier, init_distributed, shutdown
+from .models import with_vocab
+from .runtime import DistInfo, barrier, init_distributed, shutdown
 
 STAMP = ".slm_stamp.json"
 
@@ -135,7 +135,7 @@ def adopt_init_checkpoint(cfg: RunConfig) -> None:
     """With --train.init_from, the model and tokenizer come from that checkpoint (fine-tuning keeps its architecture)."""
     if not cfg.train.init_from:
         return
-    from .train import checkpoint as ckpt
+    from . import checkpoint as ckpt
 
     path = ckpt.resolve_checkpoint(cfg.train.init_from)
     cfg.train.init_from = str(path)
@@ -148,9 +148,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     """Run every stage of a recipe; returns a summary dict (also written to <run dir>/summary.json)."""
     from .data.loader import TokenDataset
     from .report import write_report
-    from .train import checkpoint as ckpt
+    from . import checkpoint as ckpt
     from .train.pretrain import PretrainTask
-    from .train.trainer import resolve_precision, train
+    from .runtime import resolve_precision
+    from .train.trainer import train
 
     t_start = time.perf_counter()
     dist = dist or init_distributed(cfg.run.device)

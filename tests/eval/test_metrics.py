@@ -9,14 +9,14 @@ import torch.nn.functional as F
 
 from slm.errors import SlmError
 from slm.eval import evaluate, format_table
-from slm.model import IGNORE_INDEX, Transformer, preset_config
+from slm.models import CausalLM, IGNORE_INDEX, build_model, preset_config
 
 V = 256
 
 
 @pytest.fixture(scope="module")
-def model() -> Transformer:
-    m = Transformer(preset_config("test", tie_embeddings=False, init_std=0.3))
+def model() -> CausalLM:
+    m = build_model(preset_config("test", tie_embeddings=False, init_std=0.3))
     m.reset_parameters(seed=0)
     return m
 

@@ -11,9 +11,9 @@ import torch
 from slm.config import RunConfig
 from slm.errors import SlmError
 from slm.export import export_hf, import_hf, model_config_from_hf
-from slm.model import Transformer, count_parameters, preset_config
+from slm.models import CausalLM, build_model, preset_config
 from slm.tokenizer import train_bpe
-from slm.train.checkpoint import load_model, load_tokenizer_of, save_checkpoint
+from slm.checkpoint import load_model, load_tokenizer_of, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -37,10 +37,10 @@ def tokenizer():
     return train_bpe(iter(lines), vocab_size=300, min_frequency=1, show_progress=False)
 
 
-def tiny_model(**overrides) -> Transformer:
+def tiny_model(**overrides) -> CausalLM:
     # A wide init so logits differ clearly between tokens (a 0.02 init makes almost any bug pass a 1e-4 check).
     overrides = {"vocab_size": MODEL_VOCAB, "init_std": 0.3, **overrides}
-    model = Transformer(preset_config("test", **overrides))
+    model = build_model(preset_config("test", **overrides))
     model.reset_parameters(seed=0)
     return model.eval()
 
@@ -55,12 +55,12 @@ def hf_logits(path: Path, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
         return hf(ids).logits, type(hf).__name__
 
 
-def our_logits(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+def our_logits(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).float()
 
 
-def make_checkpoint(tmp_path: Path, model: Transformer, tokenizer=None) -> Path:
+def make_checkpoint(tmp_path: Path, model: CausalLM, tokenizer=None) -> Path:
     return save_checkpoint(tmp_path / "ckpt", model=model, config=RunConfig(model=model.cfg), tokenizer=tokenizer)
 
 
@@ -156,7 +156,7 @@ def test_export_then_import_is_bitwise_and_keeps_the_config(tmp_path, tokenizer,
 
 
 def test_import_recognises_the_preset_of_an_exact_preset_model(tmp_path):
-    model = Transformer(preset_config("test"))
+    model = build_model(preset_config("test"))
     _, run_cfg = load_model(import_hf(export_hf(model, tmp_path / "hf"), tmp_path / "back"))
     assert run_cfg.model == model.cfg
 
@@ -343,4 +343,4 @@ def test_smollm2_gguf_import_matches_transformers_logits(tmp_path):
     assert diff <= TOL
     assert run_cfg.model.preset == "smollm2-135m"
     n_params = ours.num_parameters()
-    assert n_params == count_parameters(preset_config("smollm2-135m")) == sum(p.numel() for p in hf.parameters())
+    assert n_params == preset_config("smollm2-135m").num_parameters() == sum(p.numel() for p in hf.parameters())

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from slm.generate import SamplingConfig, TextStreamer, generate, generate_naive, run_repl, stream_text
-from slm.model import Transformer, preset_config
+from slm.models import CausalLM, build_model, preset_config
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def model() -> Transformer:
+def model() -> CausalLM:
     # Untied head and a wide init: a random tied model just repeats its input greedily, which would hide bugs.
-    m = Transformer(preset_config("test", tie_embeddings=False, init_std=0.3))
+    m = build_model(preset_config("test", tie_embeddings=False, init_std=0.3))
     m.reset_parameters(seed=0)
     return m
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm.model import Transformer, preset_config
-from slm.model.attention import causal_bias, dense_causal_attention, use_dense
+from slm.models import build_model, preset_config
+from slm.models.layers.attention import causal_bias, dense_causal_attention, use_dense
 
 
 def _qkv(B: int, H: int, Hk: int, T: int, D: int, dtype=torch.float64):
@@ -68,7 +68,7 @@ def test_dense_path_only_while_compiling_on_cpu_with_grad():
 def test_compiled_model_with_dense_attention_matches_eager_grads():
     cfg = preset_config("test", max_seq_len=64)
     torch.manual_seed(0)
-    model = Transformer(cfg)
+    model = build_model(cfg)
     x = torch.randint(0, cfg.vocab_size, (3, 40))
     y = torch.randint(0, cfg.vocab_size, (3, 40))
     model(x, targets=y).backward()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slm.generate import SamplingConfig, generate
-from slm.model import KVCache, Transformer, chunked_cross_entropy, cross_entropy, preset_config
+from slm.models import CausalLM, build_model, chunked_cross_entropy, cross_entropy, preset_config
 from slm_testutil import run_tiny, tiny_config, train_losses
 
 STEPS = 50
@@ -49,9 +49,9 @@ def test_compiled_bf16_loss_curve_matches_fp32(tmp_path, prepared):
     _assert_same_curve(fast, ref)
 
 
-def _model(**kw) -> Transformer:
+def _model(**kw) -> CausalLM:
     torch.manual_seed(0)
-    return Transformer(preset_config("test", init_std=0.2, **kw))
+    return build_model(preset_config("test", init_std=0.2, **kw))
 
 
 @pytest.mark.parametrize("compile_kernels", [False, True])
@@ -110,9 +110,9 @@ def test_static_decode_step_equals_growing_cache_path():
     nxt = torch.randint(1, 256, (2, 5))
     outs = []
     for static in (True, False):
-        cache = KVCache(m.cfg, 2, 12)
+        cache = m.new_state(2, 12)
         with torch.no_grad():
-            m(ids, cache=cache, attention_mask=mask)
+            m(ids, state=cache, attention_mask=mask)
             steps = []
             for i in range(5):
                 tok, real = nxt[:, i:i + 1], torch.ones(2, 1, dtype=torch.bool)
@@ -132,7 +132,7 @@ def test_static_decode_step_equals_growing_cache_path():
 
 @pytest.mark.slow
 def test_compiled_decode_gives_the_same_tokens():
-    m = Transformer(preset_config("test", tie_embeddings=False, init_std=0.3))
+    m = build_model(preset_config("test", tie_embeddings=False, init_std=0.3))
     m.reset_parameters(seed=0)
     prompts = [torch.randint(1, 256, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (3, 9, 5)]
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=20)

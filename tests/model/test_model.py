@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm.model import (PRESETS, KVCache, Transformer, chunked_cross_entropy, count_parameters, cross_entropy,
-                       preset_config)
-from slm.model.llama import apply_rope, rope_tables
+from slm.models import CausalLM, build_model, cross_entropy, preset_config
+from slm.models.layers.rope import apply_rope, rope_tables
+from slm.models.llama import PRESETS
 
 VARIANTS = {
     "gqa-tied": dict(),
@@ -18,9 +18,9 @@ VARIANTS = {
 }
 
 
-def _model(**kw) -> Transformer:
+def _model(**kw) -> CausalLM:
     torch.manual_seed(0)
-    m = Transformer(preset_config("test", init_std=0.2, **kw))
+    m = build_model(preset_config("test", init_std=0.2, **kw))
     return m.eval()
 
 
@@ -44,17 +44,17 @@ def test_kv_cache_decode_equals_full_forward_batch3(variant):
     lens = [11, 5, 8]
     seqs = [torch.randint(0, 256, (L + 6,)) for L in lens]
     width = max(lens)
-    cache = KVCache(m.cfg, 3, width + 6)
+    cache = m.new_state(3, width + 6)
     ids = torch.zeros(3, width, dtype=torch.long)
     mask = torch.zeros(3, width, dtype=torch.bool)
     for b, L in enumerate(lens):
         ids[b, width - L:] = seqs[b][:L]
         mask[b, width - L:] = True
     with torch.no_grad():
-        step_logits = [m(ids, cache=cache, attention_mask=mask)[:, -1]]
+        step_logits = [m(ids, state=cache, attention_mask=mask)[:, -1]]
         for i in range(6):  # decode 6 tokens one at a time, each row its own continuation
             nxt = torch.stack([seqs[b][lens[b] + i] for b in range(3)])[:, None]
-            step_logits.append(m(nxt, cache=cache)[:, -1])
+            step_logits.append(m(nxt, state=cache)[:, -1])
         for b, L in enumerate(lens):
             full = m(seqs[b][None])[0]  # (L+6, V)
             for i, logits in enumerate(step_logits):
@@ -64,9 +64,9 @@ def test_kv_cache_decode_equals_full_forward_batch3(variant):
 def test_cache_chunked_prefill_equals_full():
     m = _model()
     x = torch.randint(0, 256, (2, 20))
-    cache = KVCache(m.cfg, 2, 20)
+    cache = m.new_state(2, 20)
     with torch.no_grad():
-        parts = [m(x[:, :8], cache=cache), m(x[:, 8:15], cache=cache), m(x[:, 15:], cache=cache)]
+        parts = [m(x[:, :8], state=cache), m(x[:, 8:15], state=cache), m(x[:, 15:], state=cache)]
         torch.testing.assert_close(torch.cat(parts, 1), m(x), atol=2e-5, rtol=1e-5)
 
 
@@ -94,14 +94,14 @@ def test_model_logits_invariant_to_absolute_offset_with_cache():
         ids = torch.cat([torch.zeros(1, pad, dtype=torch.long), x], 1)
         mask = torch.cat([torch.zeros(1, pad, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], 1)
         with torch.no_grad():
-            outs.append(m(ids, cache=KVCache(m.cfg, 1, 13), attention_mask=mask)[:, -9:])
+            outs.append(m(ids, state=m.new_state(1, 13), attention_mask=mask)[:, -9:])
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,expected", [("smollm2-135m", 134_515_008), ("flow-1b", 1_199_646_720),
                                            ("smollm2-360m", 361_821_120)])
 def test_preset_parameter_counts(name, expected):
-    assert count_parameters(preset_config(name)) == expected
+    assert preset_config(name).num_parameters() == expected
 
 
 @pytest.mark.parametrize("name", [n for n in PRESETS if n in ("test", "tiny", "small-30m")])
@@ -109,13 +109,13 @@ def test_closed_form_count_matches_module(name):
     for kw in ({}, {"tie_embeddings": False, "qk_norm": True}):
         cfg = preset_config(name, vocab_size=512, **kw)
         with torch.device("meta"):
-            m = Transformer(cfg)
-        assert m.num_parameters() == count_parameters(cfg)
+            m = build_model(cfg)
+        assert m.num_parameters() == cfg.num_parameters()
 
 
 def test_smollm2_preset_builds_with_exact_count():
     with torch.device("meta"):
-        m = Transformer(preset_config("smollm2-135m"))
+        m = build_model(preset_config("smollm2-135m"))
     assert m.num_parameters() == 134_515_008
 
 

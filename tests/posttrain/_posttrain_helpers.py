@@ -3,13 +3,13 @@
 import json
 from pathlib import Path
 
-from slm.model import Transformer, preset_config
+from slm.models import CausalLM, build_model, preset_config
 
 VOCAB = 320  # 256 bytes + 5 specials, rounded up
 
 
-def tiny_model(seed: int = 0, **kw) -> Transformer:
-    m = Transformer(preset_config("test", vocab_size=VOCAB, max_seq_len=256, **kw))
+def tiny_model(seed: int = 0, **kw) -> CausalLM:
+    m = build_model(preset_config("test", vocab_size=VOCAB, max_seq_len=256, **kw))
     m.reset_parameters(seed=seed)
     return m
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _posttrain_helpers import tiny_model  # noqa: E402
 from slm.config import RunConfig  # noqa: E402
 from slm.tokenizer import byte_tokenizer  # noqa: E402
-from slm.train.checkpoint import save_checkpoint  # noqa: E402
+from slm.checkpoint import save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from slm.config import RunConfig
 from slm.errors import SlmError
-from slm.model import IGNORE_INDEX
+from slm.models import IGNORE_INDEX
 from slm.posttrain.config import DPOConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_preferences
 from slm.posttrain.dpo import DPOTask

@@ -5,7 +5,7 @@ import torch
 
 from slm.config import RunConfig
 from slm.errors import SlmError
-from slm.model import IGNORE_INDEX
+from slm.models import IGNORE_INDEX
 from slm.posttrain.config import GRPOConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_prompts
 from slm.posttrain.grpo import (GRPOTask, answers_match, extract_answer, group_advantages, reward_format,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slm.errors import SlmError
-from slm.model import IGNORE_INDEX
+from slm.models import IGNORE_INDEX
 from slm.posttrain.config import PostTrainConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_conversations
 from slm.posttrain.run import run_posttrain
@@ -141,7 +141,7 @@ def test_sft_run_lowers_val_loss_and_saves_a_chat_checkpoint(tok, tmp_path, star
     summary = run_posttrain("sft", cfg, post, progress=False)
     assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
     assert (tmp_path / "run" / "posttrain.yaml").is_file()
-    from slm.train.checkpoint import load_model, load_tokenizer_of
+    from slm.checkpoint import load_model, load_tokenizer_of
     model, saved = load_model(summary["checkpoint"])
     assert saved.model.vocab_size == 320 and load_tokenizer_of(summary["checkpoint"]) is not None
 
@@ -156,7 +156,7 @@ def test_resume_equals_uninterrupted(tok, tmp_path, start_ckpt):
     """N + resume + M steps == N + M steps: the posttrain runner reloads resumed weights itself."""
     import shutil
 
-    from slm.train.checkpoint import load_state_dict
+    from slm.checkpoint import load_state_dict
 
     data = write_jsonl(tmp_path / "c.jsonl", CHATS)
     common = ["--train.steps=4", "--train.checkpoint_every=2", "--train.keep_last=5", "--posttrain.packing=true"]

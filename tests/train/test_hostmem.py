@@ -11,7 +11,7 @@ import pytest
 
 from slm.config import RunConfig, TrainConfig
 from slm.train import hostmem
-from slm.train.distributed import DistInfo
+from slm.runtime import DistInfo
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="mallopt is glibc's")

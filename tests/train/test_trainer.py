@@ -10,7 +10,7 @@ import torch
 
 from slm.config import TrainConfig, load_run_config
 from slm.errors import SlmError
-from slm.train import checkpoint as ckpt
+from slm import checkpoint as ckpt
 
 from slm_testutil import run_tiny, tiny_config, train_losses
 
@@ -175,10 +175,10 @@ def test_lr_schedules():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    from slm.model import Transformer, preset_config
+    from slm.models import build_model, preset_config
 
     torch.manual_seed(0)
-    m = Transformer(preset_config("test")).train()
+    m = build_model(preset_config("test")).train()
     x = torch.randint(0, 256, (2, 16))
     y = torch.randint(0, 256, (2, 16))
     m(x, targets=y).backward()

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import SlmError
-from ..model import IGNORE_INDEX
+from ..models import IGNORE_INDEX
 
 LOGITS_PER_CHUNK = 1 << 24  # fp32 logits materialised at once (64 MB)
 

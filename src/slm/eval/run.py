@@ -32,8 +32,8 @@ def windows(tokens: np.ndarray, seq_len: int, batch_size: int) -> Iterator[tuple
 def evaluate_checkpoint(checkpoint: str, *, data: str = "", split: str = "val", seq_len: int = 0, batch_size: int = 8,
                         max_batches: int = 0, device: str = "auto") -> dict:
     from ..data.loader import TokenDataset, iter_eval_batches
-    from ..train import checkpoint as ckpt
-    from ..train.distributed import resolve_device
+    from .. import checkpoint as ckpt
+    from ..runtime import resolve_device
 
     path = ckpt.resolve_checkpoint(checkpoint)
     dev = resolve_device(device)

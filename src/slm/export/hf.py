@@ -1,20 +1,13 @@
 """Hugging Face interchange: export slm checkpoints as `transformers` model folders and import HF / GGUF models back.
 
+This module is file I/O only; what a parameter or config key is called in transformers comes from each
+architecture's `HFAdapter` (`slm.models.<arch>.hf`, on its registry entry). An architecture without one is refused
+with a one-line reason. Import picks the architecture whose adapter lists the folder's `model_type`.
+
 Design decisions
-- The rename is data, not code: `PARAM_MAP` lists each slm parameter name next to its HF name (with the `model.`
-  prefix) and both directions are generated from it; `CONFIG_MAP` does the same for config fields. Our module names
-  already equal HF Llama's, so the table is short, but a future architecture only adds rows.
-- No tensor is permuted: our RoPE is HF's rotate-half layout and RMSNorm computes like `LlamaRMSNorm`, so export is a
-  rename plus a dtype cast and the exported model reproduces our logits in plain `transformers` (no remote code).
-- qk_norm models export as `Qwen3ForCausalLM`: Qwen3 applies an RMSNorm over head_dim to each query/key head before
-  RoPE, with the same eps as the block norms and no biases, which is exactly our `Attention` with `qk_norm=True`
-  (the parity test checks the logits). Everything else exports as `LlamaForCausalLM`.
-- config.json carries `rope_theta` and `rope_parameters` both: transformers 5 reads the latter (and folds a top-level
-  `rope_theta` into it), 4.x and llama.cpp's converter read the former; same for `dtype`/`torch_dtype`.
-- Import reads config.json by hand with the per-model-type defaults of the HF config classes written down as data
-  (`_HF_DEFAULTS`), so a safetensors import needs neither transformers nor remote code. Anything our decoder cannot
-  represent (biases, scaled/partial RoPE, sliding windows, a head_dim other than hidden_size/heads, quantized weights)
-  is refused with the config key named, rather than imported into a model that would silently compute something else.
+- Both rename directions are generated from the adapter's table; weights are renamed and cast, never permuted.
+- Every imported tensor is checked by name and shape against the model the config implies (built on the meta
+  device), so a folder whose weights disagree with its config.json is refused, not half-loaded.
 - GGUF files go through transformers (`gguf_file=`), which dequantizes them and undoes llama.cpp's q/k permutation;
   writing our own GGUF reader would duplicate that for one use (the SmolLM2 teacher). GGUF stores floats as f32, so
   eps/theta are rounded to their shortest f32 spelling (9.99999975e-06 -> 1e-05) and presets are recognised.
@@ -25,9 +18,7 @@ Design decisions
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,112 +27,16 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig, RunSection, TokenizerConfig
+from ..checkpoint import load_model, load_tokenizer_of, save_checkpoint, unwrap
+from ..config import RunConfig, RunSection, SamplingConfig, TokenizerConfig
 from ..errors import SlmError, atomic_dir
-from ..generate.sampling import SamplingConfig
-from ..model import PRESETS, ModelConfig, preset_config
-from ..train.checkpoint import build_model, load_model, load_tokenizer_of, save_checkpoint, unwrap
+from ..models import ARCHS, HFAdapter, ModelConfig, build_model, get_arch
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
 
-# slm parameter name -> HF name; "{i}" is the layer index. Used in both directions.
-PARAM_MAP: tuple[tuple[str, str], ...] = (
-    ("embed_tokens.weight", "model.embed_tokens.weight"),
-    ("layers.{i}.input_layernorm.weight", "model.layers.{i}.input_layernorm.weight"),
-    ("layers.{i}.self_attn.q_proj.weight", "model.layers.{i}.self_attn.q_proj.weight"),
-    ("layers.{i}.self_attn.k_proj.weight", "model.layers.{i}.self_attn.k_proj.weight"),
-    ("layers.{i}.self_attn.v_proj.weight", "model.layers.{i}.self_attn.v_proj.weight"),
-    ("layers.{i}.self_attn.o_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
-    ("layers.{i}.self_attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),  # qk_norm only (Qwen3)
-    ("layers.{i}.self_attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),  # qk_norm only (Qwen3)
-    ("layers.{i}.post_attention_layernorm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
-    ("layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.gate_proj.weight"),
-    ("layers.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
-    ("layers.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
-    ("norm.weight", "model.norm.weight"),
-    ("lm_head.weight", "lm_head.weight"),  # untied models only
-)
-
-# Derived buffers some HF checkpoints carry; they are recomputed from the config, never loaded.
-_IGNORED_HF_TENSORS = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-
-# ModelConfig field -> HF config key (rope_theta, head_dim and qk_norm <-> model_type are handled explicitly).
-CONFIG_MAP: tuple[tuple[str, str], ...] = (
-    ("vocab_size", "vocab_size"),
-    ("d_model", "hidden_size"),
-    ("n_layers", "num_hidden_layers"),
-    ("n_heads", "num_attention_heads"),
-    ("n_kv_heads", "num_key_value_heads"),
-    ("ffn_hidden", "intermediate_size"),
-    ("max_seq_len", "max_position_embeddings"),
-    ("norm_eps", "rms_norm_eps"),
-    ("tie_embeddings", "tie_word_embeddings"),
-    ("init_std", "initializer_range"),
-)
-_REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-
-# Defaults of the transformers config classes for keys a config.json may omit (what from_pretrained would use).
-_COMMON_DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "initializer_range": 0.02, "head_dim": None}
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {**_COMMON_DEFAULTS, "num_key_value_heads": None, "max_position_embeddings": 2048},
-    "mistral": {**_COMMON_DEFAULTS, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
-                "sliding_window": 4096},
-    "qwen3": {**_COMMON_DEFAULTS, "num_key_value_heads": 32, "max_position_embeddings": 32768, "head_dim": 128},
-}
-_QK_NORM_TYPES = {"qwen3"}  # model types whose attention has per-head q/k RMSNorm
-
-# Config keys whose value must be one slm can represent: key -> accepted values.
-# None = the key is absent and the HF default (which is the accepted value) applies.
-_MUST_BE: dict[str, tuple[Any, ...]] = {
-    "attention_bias": (False, None),
-    "mlp_bias": (False, None),
-    "hidden_act": ("silu", "swish", None),
-    "use_sliding_window": (False, None),
-    "partial_rotary_factor": (1.0, None),
-}
-_WINDOWED_TYPES = {"mistral"}  # model types whose `sliding_window` is in force without a use_sliding_window switch
-
-# Export targets: qk_norm -> (architecture class, model_type).
-_EXPORT_ARCH = {False: ("LlamaForCausalLM", "llama"), True: ("Qwen3ForCausalLM", "qwen3")}
-
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ---------------------------------------------------------------------------------------------------------------- #
-# names
-
-
-def _compile(template: str) -> re.Pattern:
-    before, sep, after = template.partition("{i}")
-    body = re.escape(before) + (r"(?P<i>\d+)" + re.escape(after) if sep else "")
-    return re.compile(f"^{body}$")
-
-
-_TO_HF = [(_compile(ours), hf) for ours, hf in PARAM_MAP]
-_FROM_HF = [(_compile(hf), ours) for ours, hf in PARAM_MAP]
-
-
-def _rename(name: str, table: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, template in table:
-        match = pattern.match(name)
-        if match:
-            return template.format(**match.groupdict())
-    return None
-
-
-def to_hf_name(name: str) -> str:
-    """slm parameter name -> HF name (`layers.3.mlp.up_proj.weight` -> `model.layers.3.mlp.up_proj.weight`)."""
-    hf = _rename(name, _TO_HF)
-    if hf is None:
-        raise ValueError(f"parameter {name!r} has no row in slm.export.hf.PARAM_MAP; add one")
-    return hf
-
-
-def from_hf_name(name: str) -> str | None:
-    """HF tensor name -> slm parameter name, or None when the table has no row for it."""
-    return _rename(name, _FROM_HF)
 
 
 def _torch_dtype(dtype: str, flag: str = "--export.dtype") -> torch.dtype:
@@ -154,109 +49,39 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-# ---------------------------------------------------------------------------------------------------------------- #
-# config
+def adapter_of(cfg: ModelConfig) -> HFAdapter:
+    """The HF adapter of `cfg`'s architecture; SlmError when transformers has no class for it."""
+    spec = get_arch(cfg.arch)
+    if spec.hf is None:
+        raise SlmError(f"slm export hf: architecture {spec.name!r} has no transformers class; export it with "
+                       f"`slm export` to another format or keep the slm checkpoint")
+    return spec.hf
+
+
+def _adapter_for_model_type(raw: dict[str, Any], where: str) -> HFAdapter:
+    model_type = raw.get("model_type")
+    for spec in ARCHS.values():
+        if spec.hf is not None and model_type in spec.hf.model_types:
+            return spec.hf
+    known = sorted(t for spec in ARCHS.values() if spec.hf is not None for t in spec.hf.model_types)
+    raise SlmError(f"{where}: model_type={model_type!r} is not supported; slm imports {', '.join(known)}")
 
 
 def model_config_to_hf(cfg: ModelConfig, *, dtype: str = "float32", special_ids: dict[str, int | None] | None = None
                        ) -> dict[str, Any]:
-    """config.json of the `LlamaForCausalLM` (or, with qk_norm, `Qwen3ForCausalLM`) equivalent to `cfg`."""
-    arch, model_type = _EXPORT_ARCH[cfg.qk_norm]
-    name = _dtype_name(_torch_dtype(dtype))
-    out: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
-    out.update({hf: getattr(cfg, ours) for ours, hf in CONFIG_MAP})
-    out.update({
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rope_theta": float(cfg.rope_theta),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "use_cache": True,
-        "dtype": name,
-        "torch_dtype": name,
-    })
-    if cfg.qk_norm:
-        out.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.n_layers})
-    else:
-        out.update({"mlp_bias": False, "pretraining_tp": 1})
-    out.update({f"{k}_token_id": v for k, v in (special_ids or {}).items()})
-    return out
-
-
-def _rope_theta(raw: dict[str, Any], where: str) -> float:
-    """The RoPE base of a config.json, refusing scaled RoPE variants (naming the key)."""
-    theta = raw.get("rope_theta")
-    for key in ("rope_scaling", "rope_parameters"):
-        params = raw.get(key)
-        if params is None:
-            continue
-        if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
-            raise SlmError(f"{where}: {key}={params!r} (per-layer RoPE) is not supported; slm models use one plain RoPE")
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type != "default":
-            raise SlmError(f"{where}: {key}.rope_type={rope_type!r} is not supported; slm implements plain RoPE "
-                           f"(rope_type 'default') only")
-        if params.get("partial_rotary_factor", 1.0) != 1.0:
-            raise SlmError(f"{where}: {key}.partial_rotary_factor={params['partial_rotary_factor']} is not "
-                           f"supported; slm rotates the whole head")
-        theta = params.get("rope_theta", theta)
-    return float(theta if theta is not None else 10000.0)
-
-
-def _check_representable(model_type: str, raw: dict[str, Any], values: dict[str, Any], where: str) -> None:
-    """Refuse features the slm decoder does not have, naming the config key."""
-    for key, accepted in _MUST_BE.items():
-        if raw.get(key) not in accepted:
-            raise SlmError(f"{where}: {key}={raw[key]!r} is not supported (slm needs {accepted[0]!r}); "
-                           f"this model cannot be imported")
-    if raw.get("quantization_config"):
-        method = raw["quantization_config"].get("quant_method", "?") if isinstance(raw["quantization_config"], dict) else "?"
-        raise SlmError(f"{where}: quantization_config ({method}) is not supported; import the unquantized model")
-    window = values.get("sliding_window") if model_type in _WINDOWED_TYPES else None
-    if window is not None and window < values["max_position_embeddings"]:
-        raise SlmError(f"{where}: sliding_window={window} is not supported (slm attends to the whole context); "
-                       f"import a model whose sliding_window is null")
-    layer_types = raw.get("layer_types") or []
-    if any(t != "full_attention" for t in layer_types):
-        raise SlmError(f"{where}: layer_types={sorted(set(layer_types))} is not supported; slm layers all use "
-                       f"full attention")
-    head_dim = values.get("head_dim")
-    if head_dim is not None and head_dim != values["hidden_size"] // values["num_attention_heads"]:
-        raise SlmError(f"{where}: head_dim={head_dim} differs from hidden_size/num_attention_heads="
-                       f"{values['hidden_size'] // values['num_attention_heads']}; slm derives head_dim from them")
+    """config.json of the transformers model equivalent to `cfg` (through its architecture's adapter)."""
+    return adapter_of(cfg).config_to_hf(cfg, dtype=_dtype_name(_torch_dtype(dtype)), special_ids=special_ids)
 
 
 def model_config_from_hf(raw: dict[str, Any], *, where: str = "config.json") -> ModelConfig:
-    """ModelConfig of an HF Llama / Mistral (no sliding window) / Qwen3 config dict; SlmError naming unsupported keys."""
-    model_type = raw.get("model_type")
-    if model_type not in _HF_DEFAULTS:
-        raise SlmError(f"{where}: model_type={model_type!r} is not supported; slm imports "
-                       f"{', '.join(sorted(_HF_DEFAULTS))} (Llama-family decoders)")
-    missing = [k for k in _REQUIRED_HF_KEYS if raw.get(k) is None]
-    if missing:
-        raise SlmError(f"{where}: missing key {missing[0]!r}; add it to config.json")
-    values = {**_HF_DEFAULTS[model_type], **{k: v for k, v in raw.items() if v is not None or k == "sliding_window"}}
-    _check_representable(model_type, raw, values, where)
-    kwargs = {ours: values[hf] for ours, hf in CONFIG_MAP}
-    kwargs["n_kv_heads"] = kwargs["n_kv_heads"] or kwargs["n_heads"]
-    kwargs.update(rope_theta=_rope_theta(raw, where), qk_norm=model_type in _QK_NORM_TYPES)
-    try:
-        cfg = ModelConfig(**kwargs)
-    except (SlmError, TypeError) as exc:
-        names = ", ".join(f"{ours}={hf}" for ours, hf in CONFIG_MAP[1:6])
-        raise SlmError(f"{where}: {str(exc).removeprefix('--model: ')} (slm names: {names})") from None
-    return _with_matching_preset(cfg)
+    """ModelConfig of an HF config dict, by the adapter that imports its model_type; SlmError naming unsupported keys."""
+    return _adapter_for_model_type(raw, where).config_from_hf(raw, where=where)
 
 
-def _with_matching_preset(cfg: ModelConfig) -> ModelConfig:
-    """Name the preset whose architecture `cfg` equals (preset is informational; init_std does not count)."""
-    ignore = {"preset", "init_std"}
-    for name in PRESETS:
-        ref = preset_config(name)
-        if all(getattr(cfg, f.name) == getattr(ref, f.name) for f in fields(ModelConfig) if f.name not in ignore):
-            return replace(cfg, preset=name)
-    return replace(cfg, preset="")
+def to_hf_name(name: str, cfg: ModelConfig) -> str:
+    """slm parameter name of a `cfg` model -> HF name (llama: `layers.3.mlp.up_proj.weight` ->
+    `model.layers.3.mlp.up_proj.weight`)."""
+    return adapter_of(cfg).to_hf_name(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -266,13 +91,14 @@ def _with_matching_preset(cfg: ModelConfig) -> ModelConfig:
 def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, *, where: str,
                        dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Rename HF tensors to slm names, check every name and shape against `cfg`, cast to `dtype`."""
+    adapter = adapter_of(cfg)
     expected = {k: tuple(v.shape) for k, v in build_model(cfg, device="meta").state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for hf_name, tensor in hf_state.items():
-        name = from_hf_name(hf_name)
-        if name is None and _IGNORED_HF_TENSORS.search(hf_name):
+        name = adapter.from_hf_name(hf_name)
+        if name is None and adapter.ignored_hf_tensors.search(hf_name):
             continue
-        if name == "lm_head.weight" and cfg.tie_embeddings:
+        if name == adapter.tied_output and cfg.tie_embeddings:
             continue  # tied: HF uses the embedding as the head too, whatever a stale lm_head copy holds
         if name is None or name not in expected:
             raise SlmError(f"{where}: unexpected tensor {hf_name!r} (biases, extra layers or q/k norms the config "
@@ -281,9 +107,10 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, *, w
             raise SlmError(f"{where}: tensor {hf_name!r} has shape {tuple(tensor.shape)} but config.json implies "
                            f"{expected[name]}; the weights do not match config.json")
         out[name] = tensor.to(dtype).contiguous()
-    missing = [to_hf_name(k) for k in expected if k not in out]
+    missing = [adapter.to_hf_name(k) for k in expected if k not in out]
     if missing:
-        hint = "; set tie_word_embeddings=true if the head shares the embedding" if "lm_head.weight" in missing else ""
+        tied = adapter.to_hf_name(adapter.tied_output)
+        hint = "; set tie_word_embeddings=true if the head shares the embedding" if tied in missing else ""
         raise SlmError(f"{where}: missing tensor(s) {missing[:3]} ({len(missing)} in all){hint}")
     return out
 
@@ -368,7 +195,7 @@ def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Pa
     """Write a `transformers` model folder (model.safetensors, config.json, generation_config.json, tokenizer files).
 
     `checkpoint_dir_or_model` is an slm checkpoint directory (its tokenizer is exported too unless `tokenizer` is
-    given) or an slm `Transformer`. `tokenizer` is an slm Tokenizer or a tokenizer.json / tokenizer folder path.
+    given) or an slm model. `tokenizer` is an slm Tokenizer or a tokenizer.json / tokenizer folder path.
     """
     torch_dtype = _torch_dtype(dtype)
     sample = None
@@ -387,7 +214,9 @@ def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Pa
             raise SlmError(f"--tokenizer: {tokenizer.vocab_size} ids but the model embeds only {cfg.vocab_size}; "
                            f"export with the tokenizer the model was trained with")
         special_ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
-    state = {to_hf_name(k): v.detach().to("cpu", torch_dtype).contiguous() for k, v in model.state_dict().items()}
+    adapter = adapter_of(cfg)
+    state = {adapter.to_hf_name(k): v.detach().to("cpu", torch_dtype).contiguous()
+             for k, v in model.state_dict().items()}
     config = model_config_to_hf(cfg, dtype=dtype, special_ids=special_ids)
     generation = _generation_config(special_ids, sample)
     out_dir = Path(out_dir)

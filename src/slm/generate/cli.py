@@ -54,8 +54,8 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..train import checkpoint as ckpt
-    from ..train.distributed import resolve_device
+    from .. import checkpoint as ckpt
+    from ..runtime import resolve_device
     from .engine import generate
     from .repl import TextStreamer, run_repl
 

@@ -1,14 +1,19 @@
-"""Batched autoregressive generation on token ids with a static KV cache.
+"""Batched autoregressive generation on token ids: `DecodeEngine` owns a model's decode step (eager or compiled) and
+a pool of decode states, so a server or evaluation harness reuses both across requests; `generate()` is the façade
+that keeps one engine per model.
 
 Decisions:
+- The decode state comes from the model (`model.new_state`): a KV cache, a ring buffer or a recurrent state,
+  whatever the architecture decodes with; this module never builds one. Finished generations return their state to
+  a small pool, so the next request of the same shape reuses the buffers.
 - Tokens in, tokens out: this module never sees text, so it is shared by the REPL, the HTTP server and evaluation
   harnesses, whatever tokenizer they use.
 - Prompts of different lengths are LEFT-padded into one (B, P) batch. Then every row's next token sits in the last
   column, the whole batch is prefilled with one forward pass and decoded one column per step, and the cache keeps one
-  shared write index (see `slm.model.cache`). The attention mask hides the padding and RoPE positions count only real
+  shared write index (see `slm.models.layers.kv_cache`). The attention mask hides the padding and RoPE positions count only real
   tokens, so a padded row produces the same tokens as the same prompt alone.
 - Rows that hit EOS stay in the batch, fed as masked padding, until every row is done (then the loop stops early).
-  Dropping them with `KVCache.reorder` would save compute on huge batches but would copy every cache layer and
+  Dropping them with the state's `reorder` would save compute on huge batches but would copy every cache layer and
   renumber rows for `on_token`; for the interactive batch sizes this module serves, keeping them is simpler.
 - Context window: generation must fit in `model.cfg.max_seq_len` (RoPE tables and cache size). If a prompt plus
   `max_new_tokens` does not fit, the prompt loses its OLDEST tokens (the recent ones matter most for a continuation),
@@ -43,14 +48,16 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..config import SamplingConfig
 from ..errors import SlmError
-from ..model import KVCache
-from .sampling import SamplingConfig, sample_next, seen_mask
+from ..models import CausalLM, DecodeState
+from .sampling import sample_next, seen_mask
 
 OnToken = Callable[[int, int], None]  # (row, token): row indexes the expanded batch (prompt i, sample j -> i*n + j)
-StepFn = Callable[[torch.Tensor, KVCache, torch.Tensor], torch.Tensor]  # (ids (B, 1), cache, mask (B, 1)) -> logits
+StepFn = Callable[[torch.Tensor, DecodeState, torch.Tensor], torch.Tensor]  # (ids (B, 1), state, mask (B, 1)) -> logits
 
 _COMPILE_BUCKET = 64  # cache lengths are rounded up to this when the decode step is compiled (fewer recompiles)
+_POOL_SIZE = 2  # decode states kept for reuse per engine (a state of a long context can take hundreds of MB)
 
 
 def fit_to_context(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> tuple[int, int]:
@@ -88,41 +95,6 @@ def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-def _step_fn(model: nn.Module, compile: bool) -> StepFn:
-    """One decode step. Eager: `model(...)` (which routes one-token calls to `forward_step`, so forward hooks see
-    every step). Compiled: `model.forward_step` through torch.compile, built once per model (cached on it), with the
-    host-side `cache.advance(1)` kept outside the compiled graph."""
-    if not compile:
-        return lambda ids, cache, mask: model(ids, cache=cache, attention_mask=mask)
-    import torch._inductor.config as inductor_config
-
-    weights = tuple((id(p), p._version) for p in model.parameters())  # changes on any in-place update or swap
-    built = getattr(model, "_slm_compiled_step", None)
-    if built is None or built[0] != weights:
-        if built is not None:
-            torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
-        built = (weights, torch.compile(model.forward_step, dynamic=False))
-        model._slm_compiled_step = built
-    compiled = built[1]
-    options = _inductor_options(_param(model).device)
-    checked = [False]  # this generation's first step has run with dynamo's full guard check
-
-    def step(ids: torch.Tensor, cache: KVCache, mask: torch.Tensor) -> torch.Tensor:
-        cache.advance(1)
-        # Read when (re)compiling, which happens inside the call.
-        with inductor_config.patch(options):
-            if not checked[0]:
-                checked[0] = True
-                return compiled(ids, cache, mask)
-            # Later steps of one generation pass the same cache tensors and same-shaped ids/mask under the same
-            # weights, so the guards that picked the graph at step one hold; skipping their evaluation saves a
-            # check over every parameter and cache tensor per token (about as long as the step of a small model).
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return compiled(ids, cache, mask)
-
-    return step
-
-
 def _inductor_options(device: torch.device) -> dict:
     """Inductor settings of the compiled decode step (see the module docstring)."""
     options = {"freezing": True}
@@ -144,43 +116,127 @@ def _cache_len(needed: int, max_seq_len: int, compile: bool) -> int:
     return min(-(-needed // _COMPILE_BUCKET) * _COMPILE_BUCKET, max_seq_len)
 
 
-def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
+class DecodeEngine:
+    """A model's decode step and a pool of its decode states. `compile=True` runs the step through torch.compile
+    (same tokens; see the module docstring). Get the shared engine of a model with `DecodeEngine.of(model)`."""
+
+    def __init__(self, model: CausalLM, *, compile: bool = False) -> None:
+        self.model = model
+        self.compile = compile
+        self._compiled: tuple[tuple, Callable] | None = None  # (weights version, compiled forward_step)
+        self._pool: dict[tuple, DecodeState] = {}
+
+    @classmethod
+    def of(cls, model: CausalLM, *, compile: bool = False) -> DecodeEngine:
+        """The engine kept on `model` for this compile setting (built on first use)."""
+        engines = model.__dict__.setdefault("_slm_engines", {})
+        if compile not in engines:
+            engines[compile] = cls(model, compile=compile)
+        return engines[compile]
+
+    # ------------------------------------------------------------------------------------------------------------ #
+    # states
+
+    def acquire_state(self, batch_size: int, max_len: int) -> DecodeState:
+        """An empty state for `batch_size` rows and `max_len` tokens: a pooled one of that shape, else a new one."""
+        param = _param(self.model)
+        key = (batch_size, max_len, param.dtype, param.device)
+        state = self._pool.pop(key, None)
+        if state is None:
+            return self.model.new_state(batch_size, max_len, dtype=param.dtype, device=param.device)
+        state.reset()
+        return state
+
+    def release_state(self, state: DecodeState, batch_size: int) -> None:
+        """Return a state to the pool (the oldest pooled one is dropped beyond `_POOL_SIZE`)."""
+        param = _param(self.model)
+        self._pool[(batch_size, state.max_len, param.dtype, param.device)] = state
+        while len(self._pool) > _POOL_SIZE:
+            self._pool.pop(next(iter(self._pool)))
+
+    # ------------------------------------------------------------------------------------------------------------ #
+    # the step
+
+    def step_fn(self) -> StepFn:
+        """One decode step. Eager: `model(...)` (which routes one-token calls to `forward_step`, so forward hooks see
+        every step). Compiled: `model.forward_step` through torch.compile, built once per weights version, with the
+        host-side `state.advance(1)` kept outside the compiled graph."""
+        model = self.model
+        if not self.compile:
+            return lambda ids, state, mask: model(ids, state=state, attention_mask=mask)
+        import torch._inductor.config as inductor_config
+
+        weights = tuple((id(p), p._version) for p in model.parameters())  # changes on any in-place update or swap
+        if self._compiled is None or self._compiled[0] != weights:
+            if self._compiled is not None:
+                torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
+            self._compiled = (weights, torch.compile(model.forward_step, dynamic=False))
+        compiled = self._compiled[1]
+        options = _inductor_options(_param(model).device)
+        checked = [False]  # this generation's first step has run with dynamo's full guard check
+
+        def step(ids: torch.Tensor, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
+            state.advance(1)
+            # Read when (re)compiling, which happens inside the call.
+            with inductor_config.patch(options):
+                if not checked[0]:
+                    checked[0] = True
+                    return compiled(ids, state, mask)
+                # Later steps of one generation pass the same state tensors and same-shaped ids/mask under the same
+                # weights, so the guards that picked the graph at step one hold; skipping their evaluation saves a
+                # check over every parameter and state tensor per token (about as long as the step of a small model).
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return compiled(ids, state, mask)
+
+        return step
+
+    # ------------------------------------------------------------------------------------------------------------ #
+    # generation
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
+                 on_token: OnToken | None = None) -> list[list[int]]:
+        """Continue each prompt; returns only the new tokens, `cfg.num_samples` lists per prompt (prompt-major order).
+
+        A row stops at `eos_id` (not included) when `cfg.stop_at_eos`, at `cfg.max_new_tokens`, or when the context
+        window is full. `on_token(row, token)` is called once per kept token, in generation order, as soon as it is
+        drawn.
+        """
+        if not prompts:
+            return []
+        model = self.model
+        max_seq_len, vocab_size = model.cfg.max_seq_len, model.cfg.vocab_size
+        _check_prompts(prompts, vocab_size)
+        rows = [list(p) for p in prompts for _ in range(cfg.num_samples)]
+        width, n_new = fit_to_context(max(len(r) for r in rows), cfg.max_new_tokens, max_seq_len)
+        rows = [r[-width:] for r in rows]  # the longest row decides the window; every row keeps its last `width` tokens
+        device = _param(model).device
+        stop_id = eos_id if cfg.stop_at_eos else None
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                ids, mask = _left_pad(rows, device)  # (B, P), (B, P)
+                B = ids.shape[0]
+                seen = seen_mask(ids.masked_fill(~mask, -1), vocab_size)  # (B, V) prompt tokens, for the penalty
+                state = self.acquire_state(B, _cache_len(width + n_new, max_seq_len, self.compile))
+                logits = model(ids, state=state, attention_mask=mask)[:, -1]  # (B, V)
+                out = _decode_loop(self.step_fn(), state, logits, seen, cfg, generator, n_new, stop_id, on_token)
+                self.release_state(state, B)
+                return out
+        finally:
+            model.train(was_training)
+
+
+def generate(model: CausalLM, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
              on_token: OnToken | None = None, compile: bool = False) -> list[list[int]]:
-    """Continue each prompt; returns only the new tokens, `cfg.num_samples` lists per prompt (prompt-major order).
-
-    A row stops at `eos_id` (not included) when `cfg.stop_at_eos`, at `cfg.max_new_tokens`, or when the context window
-    is full. `on_token(row, token)` is called once per kept token, in generation order, as soon as it is drawn.
-    `compile=True` runs the decode step through torch.compile (same tokens; see the module docstring).
-    """
-    if not prompts:
-        return []
-    max_seq_len, vocab_size = model.cfg.max_seq_len, model.cfg.vocab_size
-    _check_prompts(prompts, vocab_size)
-    rows = [list(p) for p in prompts for _ in range(cfg.num_samples)]
-    width, n_new = fit_to_context(max(len(r) for r in rows), cfg.max_new_tokens, max_seq_len)
-    rows = [r[-width:] for r in rows]  # the longest row decides the window; every row keeps its last `width` tokens
-    param = _param(model)
-    device = param.device
-    stop_id = eos_id if cfg.stop_at_eos else None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            ids, mask = _left_pad(rows, device)  # (B, P), (B, P)
-            B = ids.shape[0]
-            seen = seen_mask(ids.masked_fill(~mask, -1), vocab_size)  # (B, V) prompt tokens, for the penalty
-            cache = KVCache(model.cfg, B, _cache_len(width + n_new, max_seq_len, compile), dtype=param.dtype,
-                            device=device)
-            logits = model(ids, cache=cache, attention_mask=mask)[:, -1]  # (B, V)
-            step = _step_fn(model, compile)
-            return _decode_loop(step, cache, logits, seen, cfg, generator, n_new, stop_id, on_token)
-    finally:
-        model.train(was_training)
+    """`DecodeEngine.of(model, compile=compile).generate(...)`: the model's shared engine (compiled step and state
+    pool are reused by later calls)."""
+    return DecodeEngine.of(model, compile=compile).generate(prompts, cfg, eos_id=eos_id, on_token=on_token)
 
 
-def _decode_loop(step_fn: StepFn, cache: KVCache, logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+def _decode_loop(step_fn: StepFn, state: DecodeState, logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
                  generator: torch.Generator, n_new: int, stop_id: int | None,
                  on_token: OnToken | None) -> list[list[int]]:
     B = logits.shape[0]
@@ -203,11 +259,11 @@ def _decode_loop(step_fn: StepFn, cache: KVCache, logits: torch.Tensor, seen: to
         finished = torch.tensor(done, device=logits.device)  # (B,)
         seen[rows, token] = True
         # Finished rows are fed as padding: masked out of attention, and their logits are never read.
-        logits = step_fn(token[:, None], cache, ~finished[:, None])[:, -1]  # (B, V)
+        logits = step_fn(token[:, None], state, ~finished[:, None])[:, -1]  # (B, V)
     return out
 
 
-def generate_naive(model: nn.Module, prompt: list[int], cfg: SamplingConfig, eos_id: int | None) -> list[int]:
+def generate_naive(model: CausalLM, prompt: list[int], cfg: SamplingConfig, eos_id: int | None) -> list[int]:
     """Reference for one prompt: a full forward pass over the whole sequence per token, no cache, no padding.
 
     Same truncation, sampling and seed handling as `generate` (one sample; `cfg.num_samples` is ignored).

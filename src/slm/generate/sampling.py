@@ -16,38 +16,9 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..errors import SlmError
-
-
-@dataclass(kw_only=True)
-class SamplingConfig:
-    """How `slm.generate` picks each new token."""
-
-    temperature: float = 0.8  # softmax temperature; 0 = greedy (always the most likely token), >1 = more random
-    top_k: int = 0  # sample only among the k most likely tokens; 0 = off
-    top_p: float = 1.0  # nucleus sampling: smallest set of tokens whose probability mass >= top_p; 1.0 = off
-    repetition_penalty: float = 1.0  # CTRL-style penalty (>1 discourages) for tokens already in prompt or output
-    max_new_tokens: int = 256  # generate at most this many tokens per sample (fewer if the context window fills)
-    num_samples: int = 1  # independent completions per prompt
-    seed: int = 0  # seed of the one torch.Generator used for all draws; same seed + inputs = same samples
-    stop_at_eos: bool = True  # end a sample when the tokenizer's end-of-sequence token is drawn (not included)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.temperature >= 0.0, "temperature", "must be >= 0 (0 = greedy)"),
-            (self.top_k >= 0, "top_k", "must be >= 0 (0 = off)"),
-            (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
-            (self.repetition_penalty > 0.0, "repetition_penalty", "must be > 0 (1.0 = off)"),
-            (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
-            (self.num_samples >= 1, "num_samples", "must be >= 1"),
-        ]
-        for ok, name, rule in checks:
-            if not ok:
-                raise SlmError(f"--sample.{name} {rule}, got {getattr(self, name)!r}")
+from ..config import SamplingConfig
 
 
 def seen_mask(history: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..errors import SlmError
 from ..generate.engine import generate
 from ..generate.repl import TextStreamer, _apply_command
-from ..generate.sampling import SamplingConfig
+from ..config import SamplingConfig
 from ..tokenizer.chat import ChatFormatter, Message
 
 HELP = """\

@@ -75,7 +75,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_distill_generate(args: argparse.Namespace) -> int:
-    from ..train.distributed import resolve_device
+    from ..runtime import resolve_device
     from .data import BadExamples
     from .distill import generate_responses
 
@@ -90,8 +90,8 @@ def cmd_distill_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from ..tokenizer.chat import ChatFormatter
-    from ..train import checkpoint as ckpt
-    from ..train.distributed import resolve_device
+    from .. import checkpoint as ckpt
+    from ..runtime import resolve_device
     from .chat import run_chat
 
     cfg, post = _load(args)
@@ -124,7 +124,7 @@ def _plain_sampling(section: Any):
     """The run config's sample section as a plain SamplingConfig (drops its `prompts`)."""
     import dataclasses
 
-    from ..generate.sampling import SamplingConfig
+    from ..config import SamplingConfig
 
     names = {f.name for f in dataclasses.fields(SamplingConfig)}
     return SamplingConfig(**{k: v for k, v in dataclasses.asdict(section).items() if k in names})

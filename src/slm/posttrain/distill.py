@@ -52,10 +52,10 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..errors import SlmError
-from ..model import IGNORE_INDEX, Transformer
+from ..models import CausalLM, IGNORE_INDEX, build_model
 from ..tokenizer import Tokenizer
-from ..train import checkpoint as ckpt
-from ..train.checkpoint import unwrap
+from .. import checkpoint as ckpt
+from ..checkpoint import unwrap
 from .config import GenerateConfig, KDConfig
 from .data import BadExamples, Example, load_prompts
 from .sequence import packed_hidden, pad_batch, shift_example
@@ -67,7 +67,7 @@ SCHEMA = "slm-distill-v1"
 # ------------------------------------------------------------------------------------------------------------ teacher
 
 
-def load_teacher(spec: str, device: torch.device | str = "cpu") -> tuple[Transformer, Tokenizer | None]:
+def load_teacher(spec: str, device: torch.device | str = "cpu") -> tuple[CausalLM, Tokenizer | None]:
     """A frozen teacher and its tokenizer from an slm checkpoint/run dir, an HF model folder or a .gguf file."""
     path = Path(spec)
     if path.suffix.lower() == ".gguf":
@@ -86,10 +86,9 @@ def load_teacher(spec: str, device: torch.device | str = "cpu") -> tuple[Transfo
     return model.eval(), tok
 
 
-def _load_hf_folder(path: Path) -> tuple[Transformer, Tokenizer | None]:
+def _load_hf_folder(path: Path) -> tuple[CausalLM, Tokenizer | None]:
     from ..export.hf import model_config_from_hf, read_hf_weights, state_dict_from_hf
     from ..tokenizer import load_tokenizer
-    from ..train.checkpoint import build_model
 
     try:
         raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -129,7 +128,7 @@ def generate_responses(gen: GenerateConfig, *, bad: BadExamples, device: torch.d
                        progress: bool = True) -> dict[str, Any]:
     """Write teacher responses for every prompt not yet in `gen.output`; returns counts."""
     from ..generate.engine import generate
-    from ..generate.sampling import SamplingConfig
+    from ..config import SamplingConfig
     from ..tokenizer.chat import ChatFormatter
 
     for key in ("teacher", "prompts", "output"):
@@ -246,7 +245,7 @@ class TopKCache:
         return ids, logp
 
 
-def _teacher_topk(teacher: Transformer, examples: list[Example], k: int, pad_id: int, device: torch.device,
+def _teacher_topk(teacher: CausalLM, examples: list[Example], k: int, pad_id: int, device: torch.device,
                   batch_size: int = 8, chunk: int = 1024) -> dict[str, torch.Tensor]:
     offsets, ids, logps = [0], [], []
     for s in range(0, len(examples), batch_size):
@@ -264,7 +263,7 @@ def _teacher_topk(teacher: Transformer, examples: list[Example], k: int, pad_id:
     return {"offsets": torch.tensor(offsets, dtype=torch.int64), "ids": torch.cat(ids), "logp": torch.cat(logps)}
 
 
-def topk_cache(path: Path, teacher: Transformer, train: list[Example], val: list[Example], *, k: int, pad_id: int,
+def topk_cache(path: Path, teacher: CausalLM, train: list[Example], val: list[Example], *, k: int, pad_id: int,
                device: torch.device, teacher_name: str) -> TopKCache:
     """Load the cache at `path` when it was made from the same teacher, k and examples; else build and save it."""
     from safetensors import SafetensorError
@@ -310,7 +309,7 @@ class KDTask(SFTTask):
     """SFT data and batching; the loss mixes KL to a frozen teacher (live or cached top-k) with the data's CE."""
 
     def __init__(self, train: list[Example], val: list[Example], cfg: RunConfig, kd: KDConfig, *,
-                 teacher: Transformer | None, teacher_tokenizer: Tokenizer | None, tokenizer: Tokenizer, pad_id: int,
+                 teacher: CausalLM | None, teacher_tokenizer: Tokenizer | None, tokenizer: Tokenizer, pad_id: int,
                  packing: bool = False, autocast_dtype: torch.dtype | None = None,
                  cache: TopKCache | None = None) -> None:
         super().__init__(train, val, cfg, pad_id=pad_id, packing=packing, autocast_dtype=autocast_dtype)
@@ -366,7 +365,7 @@ class KDTask(SFTTask):
     def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
         return self._summed(model, batch, self.kd, loss_chunk)
 
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
         """Held-out CE loss (comparable with plain SFT) plus the KL to the teacher at T=1 (on its top-k if cached)."""
         out = super().evaluate(model, seq_len, max_batches)
         if not out:

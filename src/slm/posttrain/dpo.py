@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PhaseConfig, RunConfig
-from ..model import IGNORE_INDEX, Transformer
-from ..train.distributed import DistInfo
+from ..models import CausalLM, IGNORE_INDEX
+from ..runtime import DistInfo
 from .config import DPOConfig
 from .data import PreferencePair
 from .sequence import RowLoader, RunningStats, pad_batch, sequence_logprobs, shift_example
@@ -112,7 +112,7 @@ class DPOTask:
         """Statistics of the micro-batches since the last call (one optimizer step when the trainer asks per step)."""
         return self.stats.pop("", bucket="step")
 
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
         out = self.stats.pop("train_")
         if not self.val_pairs:
             return out

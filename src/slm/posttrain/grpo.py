@@ -37,10 +37,10 @@ import torch
 from ..config import PhaseConfig, RunConfig
 from ..errors import SlmError
 from ..generate.engine import generate
-from ..generate.sampling import SamplingConfig
-from ..model import IGNORE_INDEX, Transformer
+from ..config import SamplingConfig
+from ..models import CausalLM, IGNORE_INDEX
 from ..tokenizer.chat import ChatFormatter
-from ..train.distributed import DistInfo
+from ..runtime import DistInfo
 from .config import GRPOConfig
 from .data import PromptRecord
 from .sequence import RowLoader, RunningStats, pad_batch, sequence_logprobs
@@ -126,7 +126,7 @@ class RolloutLoader:
 
 class GRPOTask:
     def __init__(self, train: list[PromptRecord], val: list[PromptRecord], cfg: RunConfig, grpo: GRPOConfig, *,
-                 policy: Transformer, reference: Transformer | None, formatter: ChatFormatter, pad_id: int,
+                 policy: CausalLM, reference: CausalLM | None, formatter: ChatFormatter, pad_id: int,
                  autocast_dtype: torch.dtype | None = None) -> None:
         unknown = [r for r in grpo.rewards if r not in REWARDS]
         if unknown or not grpo.rewards:
@@ -227,7 +227,7 @@ class GRPOTask:
         """Statistics of the micro-batches since the last call (one optimizer step when the trainer asks per step)."""
         return self.stats.pop("", bucket="step")
 
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
         out = self.stats.pop("train_")
         prompts = self.val_prompts[: self.grpo.eval_prompts]
         if not prompts:

@@ -24,11 +24,11 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import SlmError, atomic_write_text
-from ..model import Transformer
+from ..models import CausalLM
 from ..tokenizer import Tokenizer
 from ..tokenizer.chat import ChatFormatter
-from ..train import checkpoint as ckpt
-from ..train.distributed import DistInfo, init_distributed
+from .. import checkpoint as ckpt
+from ..runtime import DistInfo, init_distributed
 from .config import PostTrainConfig
 from .data import BadExamples
 
@@ -37,7 +37,7 @@ from .data import BadExamples
 class PostTrainContext:
     cfg: RunConfig
     post: PostTrainConfig
-    model: Transformer
+    model: CausalLM
     tokenizer: Tokenizer
     formatter: ChatFormatter
     start: Path  # the starting checkpoint (the reference model of DPO/GRPO)
@@ -50,7 +50,7 @@ class PostTrainContext:
         """Longest example (ids, including the final target) that fits a training row."""
         return max(p.seq_len for p in self.cfg.train.phase_list()) + 1
 
-    def reference_model(self) -> Transformer:
+    def reference_model(self) -> CausalLM:
         """A frozen copy of the starting checkpoint, on the run's device."""
         ref, _ = ckpt.load_model(self.start, device=self.dist.device)
         ref.requires_grad_(False)
@@ -128,7 +128,7 @@ METHODS: dict[str, Callable[[PostTrainContext], Any]] = {
 
 def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None) -> PostTrainContext:
     """Load the starting checkpoint, its tokenizer and the chat formatter; fix the run config's model section."""
-    from ..train.trainer import resolve_precision
+    from ..runtime import resolve_precision
 
     if not post.init_from:
         raise SlmError("--posttrain.init_from: the starting checkpoint is required (a checkpoint or run dir; "

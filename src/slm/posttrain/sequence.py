@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import SlmError
-from ..model import IGNORE_INDEX
-from ..train.checkpoint import unwrap
+from ..models import IGNORE_INDEX
+from ..checkpoint import unwrap
 
 Row = list[int]  # example indices in one row
 

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ..config import PhaseConfig, RunConfig
-from ..model import IGNORE_INDEX, Transformer, chunked_cross_entropy
-from ..train.checkpoint import unwrap
-from ..train.distributed import DistInfo
+from ..models import CausalLM, IGNORE_INDEX, chunked_cross_entropy
+from ..checkpoint import unwrap
+from ..runtime import DistInfo
 from .data import Example
 from .sequence import RowLoader, pack_rows, packed_batch, packed_hidden, pad_batch, shift_example
 
@@ -83,7 +83,7 @@ class SFTTask:
         return chunked_cross_entropy(hidden, unwrap(model).output_weight, y, chunk=loss_chunk, reduction="sum")
 
     # -- eval -----------------------------------------------------------------------------------------------------
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
         if not self.val_examples:
             return {}
         bs = self.cfg.eval.batch_size

@@ -1,10 +1,12 @@
 """Optimizers: AdamW, or Muon for 2-D hidden weights with AdamW for the rest.
 
-Muon (torch.optim.Muon, orthogonalised momentum) only suits matrices acting on hidden states; embeddings, the output
-head and norm gains go to AdamW, as Keller Jordan's recipe and SLMS do. The two optimizers sit behind one small object
+Parameters are grouped by the role the model gives them (`CausalLM.param_roles()`), never by name, so every
+architecture gets the same treatment. Muon (torch.optim.Muon, orthogonalised momentum) only suits matrices acting on
+hidden states (roles `matrix`, `expert`); embeddings, the output head and norm gains go to AdamW, as Keller Jordan's
+recipe and SLMS do. The two optimizers sit behind one small object
 with the torch optimizer interface the trainer uses (step, zero_grad, param_groups, state_dict), so the loop does not
 branch on the choice. Every param group records its peak lr in "peak_lr"; the schedule multiplies it each step.
-Weight decay applies to matrices only — never to norm gains.
+Weight decay applies to matrix roles only — never to gains, biases or scalars.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..config import TrainConfig
+from ..models import DECAYED_ROLES, HIDDEN_MATRIX_ROLES, CausalLM
 
 
 def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -52,16 +55,17 @@ class OptimizerSet:
             opt.load_state_dict(state[name])
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> OptimizerSet:
+def build_optimizer(model: CausalLM, cfg: TrainConfig) -> OptimizerSet:
     device = next(model.parameters()).device
+    roles = model.param_roles()
     decay, no_decay, hidden_2d = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_io = name.startswith(("embed_tokens", "lm_head"))
-        if p.dim() >= 2 and cfg.optimizer == "muon" and not is_io:
+        role = roles[name]
+        if cfg.optimizer == "muon" and role in HIDDEN_MATRIX_ROLES and p.dim() == 2:
             hidden_2d.append(p)
-        elif p.dim() >= 2:
+        elif role in DECAYED_ROLES:
             decay.append(p)
         else:
             no_decay.append(p)

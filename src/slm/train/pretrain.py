@@ -10,8 +10,8 @@ import torch
 from ..config import PhaseConfig, RunConfig
 from ..data.loader import BatchLoader, TokenDataset, iter_eval_batches
 from ..eval.metrics import evaluate
-from ..model import IGNORE_INDEX, Transformer
-from .distributed import DistInfo
+from ..models import CausalLM, IGNORE_INDEX
+from ..runtime import DistInfo
 
 
 class PretrainTask:
@@ -40,7 +40,7 @@ class PretrainTask:
         x, y = (t.to(self.device, non_blocking=True) for t in batch)
         return model(x, targets=y, loss_chunk=loss_chunk)
 
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
         if self.dataset.tokens("val") <= seq_len:
             return {}
         batches = ((x.to(self.device), y.to(self.device)) for x, y in

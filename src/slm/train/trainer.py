@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from ..config import PhaseConfig, RunConfig, TrainConfig, save_config
 from ..errors import SlmError
-from ..model import Transformer, model_flops_per_token
-from . import checkpoint as ckpt
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from ..models import CausalLM, init_model
+from .. import checkpoint as ckpt
+from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_precision
 from .hostmem import retain_freed_memory
 from .metrics import MetricsLogger, peak_flops
 from .optim import build_optimizer
@@ -57,7 +57,7 @@ class Task(Protocol):
     def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> ResumableIterator: ...
     def count(self, batch: Any) -> int: ...  # loss targets in a batch (the normaliser)
     def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor: ...  # summed loss
-    def evaluate(self, model: Transformer, seq_len: int, max_batches: int) -> dict: ...  # val metrics (may be {})
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict: ...  # val metrics (may be {})
     def tokens(self, batch: Any) -> int: ...  # tokens processed (throughput)
 
 
@@ -71,19 +71,6 @@ class TrainResult:
     tok_per_s: float
     skipped_steps: int = 0
     extras: dict = field(default_factory=dict)
-
-
-def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether to use a GradScaler)."""
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-            name = "bf16" if amx else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise SlmError("--train.precision=fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
 
 
 # `--train.compile=auto` compiles a CPU run of at least this many tokens per process. Compiling costs ~15-40 s up
@@ -118,9 +105,9 @@ def _tune_cpu(cfg: RunConfig, dist: DistInfo) -> None:
 
 
 def _check_same_model(cfg: RunConfig, path: Path) -> None:
-    saved = ckpt.load_config(path).model.to_dict()
-    mine = cfg.model.to_dict()
-    diff = [k for k in mine if k not in ("preset", "init_std") and saved.get(k) != mine[k]]
+    saved = ckpt.load_config(path).model.architecture_fields()
+    mine = cfg.model.architecture_fields()
+    diff = [k for k in mine if saved.get(k) != mine[k]]
     if diff:
         k = diff[0]
         raise SlmError(f"{path}: checkpoint model differs from this config ({', '.join(f'model.{d}' for d in diff)}; "
@@ -143,25 +130,14 @@ def _check_fresh_run_dir(cfg: RunConfig, dist: DistInfo) -> None:
     barrier(dist)
 
 
-def build_fresh_model(cfg: RunConfig, device: torch.device) -> Transformer:
-    if cfg.model.vocab_size <= 0:
-        raise SlmError("--model.vocab_size is 0 (auto) but no tokenizer filled it in; set it explicitly")
-    torch.manual_seed(cfg.run.seed)
-    with torch.device("meta"):
-        model = Transformer(cfg.model)
-    model.to_empty(device=device)
-    model.reset_parameters(seed=cfg.run.seed)
-    return model
-
-
 def _global_tokens(task: Task, micro: list, dist: DistInfo) -> int:
     n = torch.tensor(float(sum(task.count(b) for b in micro)), dtype=torch.float64)
     return int(all_reduce_sum(n, dist).item())
 
 
-def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transformer | None = None,
+def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: CausalLM | None = None,
           dist: DistInfo | None = None, progress: bool = True,
-          sample_fn: Callable[[Transformer, int], list[str]] | None = None) -> TrainResult:
+          sample_fn: Callable[[CausalLM, int], list[str]] | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns the history and where the checkpoints went."""
     dist = dist or init_distributed(cfg.run.device)
     device = dist.device
@@ -180,12 +156,13 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
     else:
         _check_fresh_run_dir(cfg, dist)
     if model is None:
-        model = build_fresh_model(cfg, device)
+        model = init_model(cfg.model, device, cfg.run.seed)
         init = resume_from or (Path(tc.init_from) if tc.init_from else None)
         if init is not None:
             if resume_from is None:
-                init_cfg = ckpt.load_config(init).model.to_dict()
-                bad = [k for k in init_cfg if k not in ("preset", "init_std") and init_cfg[k] != cfg.model.to_dict()[k]]
+                init_cfg = ckpt.load_config(init).model.architecture_fields()
+                mine = cfg.model.architecture_fields()
+                bad = [k for k in set(init_cfg) | set(mine) if init_cfg.get(k) != mine.get(k)]
                 if bad:
                     raise SlmError(f"--train.init_from={init}: its model differs in {', '.join(bad)}; use its config")
             model.load_state_dict(ckpt.load_state_dict(init))
@@ -274,7 +251,7 @@ def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: Transform
             if state["loader"] is not None and state["phase"] == phase_idx:
                 loader.load_state_dict(state["loader"])
             batches = iter(loader)
-            flops_per_token = model_flops_per_token(cfg.model, phase.seq_len)
+            flops_per_token = model.flops_per_token(phase.seq_len)
             while step < bounds[phase_idx]:
                 t0 = time.perf_counter()
                 mult = lr_multiplier(step, total_steps, kind=tc.schedule, warmup_steps=tc.warmup_steps,

@@ -15,26 +15,52 @@ Two ways in:
   The price is attending over T_max instead of `length` slots, which for decode (one query row) is a memory read of
   the cache, smaller than the weights it sits next to. Host-side bookkeeping (`length`, the overflow check) is done
   by `advance`, outside anything compiled.
+
+The pure decode step (`CausalLM.decode_step`, what ONNX / Core ML export traces) rebuilds a cache from its tensors
+with `functional=True`: every write is then out of place (`index_copy`, not `index_copy_`) and `advance` moves the
+slot index on the device, so `(ids, state tensors) -> (logits, new state tensors)` mutates nothing it was given.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
 
 
 class KVCache:
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
-        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, batch_size: int, max_len: int, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, T_max) real-token slots
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) RoPE position of the next token
         self.index = torch.zeros(1, dtype=torch.long, device=device)  # (1,) last reserved slot (the step path writes it)
         self.length = 0  # slots written so far (shared by all rows; host-side)
         self.max_len = max_len
+        self.functional = False  # out-of-place writes, device-side advance (the pure decode step)
+
+    def reset(self) -> None:
+        """Empty the cache for reuse (a state pool hands the same buffers to the next request)."""
+        for t in (*self.k, *self.v, self.valid, self.next_pos, self.index):
+            t.zero_()
+        self.length = 0
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Everything a decode step reads and writes, flat: k_0..k_{L-1}, v_0..v_{L-1}, valid, next_pos, index."""
+        return (*self.k, *self.v, self.valid, self.next_pos, self.index)
+
+    @classmethod
+    def from_tensors(cls, tensors: tuple[torch.Tensor, ...], *, functional: bool = True) -> KVCache:
+        """A cache over `tensors()` of another (no copy); `functional` makes every write out of place."""
+        n_layers = (len(tensors) - 3) // 2
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(tensors[:n_layers]), list(tensors[n_layers:2 * n_layers])
+        cache.valid, cache.next_pos, cache.index = tensors[2 * n_layers:]
+        cache.max_len = cache.valid.shape[1]
+        cache.length = 0  # unknown on the host; a functional cache advances on the device only
+        cache.functional = functional
+        return cache
 
     @property
     def batch_size(self) -> int:
@@ -71,7 +97,11 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
-        """Host-side bookkeeping for n new slots: overflow check and `length` (no device value is read)."""
+        """Host-side bookkeeping for n new slots: overflow check and `length` (no device value is read). A functional
+        cache moves `index` on the device instead (the caller keeps the step within the cache)."""
+        if self.functional:
+            self.index = self.index + n
+            return
         if self.length + n > self.max_len:
             raise ValueError(f"KV cache overflow: {self.length + n} tokens > cache length {self.max_len}")
         self.length += n
@@ -85,9 +115,13 @@ class KVCache:
         """
         slot = self.index  # (1,) set by advance(1)
         real = attention_mask[:, 0]  # (B,)
-        self.valid.index_copy_(1, slot, real[:, None])
         positions = self.next_pos[:, None].clone()  # (B, 1)
-        self.next_pos += real.long()
+        if self.functional:
+            self.valid = self.valid.index_copy(1, slot, real[:, None])
+            self.next_pos = self.next_pos + real.long()
+        else:
+            self.valid.index_copy_(1, slot, real[:, None])
+            self.next_pos += real.long()
         own = torch.arange(self.max_len, device=self.valid.device) == slot  # (T_max,)
         mask = self.valid | (own[None, :] & ~real[:, None])  # (B, T_max)
         return positions, mask[:, None, None, :]
@@ -95,8 +129,12 @@ class KVCache:
     def update_step(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, 1, D) at the reserved slot; return the whole (B, H_kv, T_max, D) buffers."""
         slot = self.index
-        self.k[layer].index_copy_(2, slot, k)
-        self.v[layer].index_copy_(2, slot, v)
+        if self.functional:
+            self.k[layer] = self.k[layer].index_copy(2, slot, k)
+            self.v[layer] = self.v[layer].index_copy(2, slot, v)
+        else:
+            self.k[layer].index_copy_(2, slot, k)
+            self.v[layer].index_copy_(2, slot, v)
         return self.k[layer], self.v[layer]
 
     def reorder(self, index: torch.Tensor) -> None:

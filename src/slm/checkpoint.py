@@ -2,7 +2,8 @@
 
 Layout of `step_000100/`:
   model.safetensors    weights (safetensors: no pickle, memory-mappable, the format HF export also uses)
-  config.yaml          the resolved run config; `load_model` rebuilds the model from its `model` section
+  config.yaml          the resolved run config; `load_model` rebuilds the model from its `model` section through the
+                       architecture registry (`model.arch`; a config without it is llama)
   tokenizer/           tokenizer.json + tokenizer_config.json (when the run has a tokenizer)
   optimizer.pt         optimizer state (tensors + plain containers; read with torch.load(weights_only=True))
   trainer_state.pt     step, phase, data-loader position, scheduler state, RNG states, best val loss
@@ -23,9 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig, load_saved_config, save_config
-from ..errors import SlmError, atomic_dir
-from ..model import ModelConfig, Transformer
+from .config import RunConfig, load_saved_config, save_config
+from .errors import SlmError, atomic_dir
+from .models import CausalLM, build_model
 
 FORMAT = "slm-checkpoint-v1"
 
@@ -39,7 +40,7 @@ def _sha256(path: Path) -> str:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain Transformer under DDP / torch.compile wrappers."""
+    """The plain model under DDP / torch.compile wrappers."""
     while True:
         if hasattr(model, "module"):
             model = model.module
@@ -112,7 +113,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[Transformer, RunConfig]:
+               dtype: torch.dtype | None = None) -> tuple[CausalLM, RunConfig]:
     """Rebuild the model from the checkpoint's own config and load its weights (eval mode)."""
     cfg = load_config(path)
     model = build_model(cfg.model, device="meta")
@@ -126,14 +127,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
     return model.eval(), cfg
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
-    with torch.device(device):
-        return Transformer(cfg)
-
-
 def load_tokenizer_of(path: str | Path):
     """The tokenizer saved inside a checkpoint (or None when it has none)."""
-    from ..tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer
 
     tdir = Path(path) / "tokenizer"
     return load_tokenizer(tdir) if tdir.is_dir() else None

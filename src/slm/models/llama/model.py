@@ -8,12 +8,13 @@ Decisions:
   training path passes `is_causal=True` (no mask tensor); the cached path passes an explicit boolean mask built by
   `KVCache.reserve`, which also hides left padding. GQA uses SDPA's `enable_gqa` (K/V are never copied per query
   head); `repeat_interleave` only when that is unavailable. The exception is compiled CPU training at T <= 512, where
-  `slm.model.attention.dense_causal_attention` (bf16 GEMMs, a hand-written backward, elementwise work fused by
+  `slm.models.layers.attention.dense_causal_attention` (bf16 GEMMs, a hand-written backward, elementwise work fused by
   inductor) runs a layer's forward + backward in about half SDPA's time.
-- One-token calls with a cache go through `forward_step`, the static-shape decode step (see `slm.model.cache`): the
-  same maths over the whole cache buffer, with no host reads, so it can be compiled once and replayed per token.
-- `forward(..., return_hidden=True)` returns the final normalised hidden states so the loss can be computed in chunks
-  against `output_weight` without materialising (B, T, vocab) fp32 logits (see `slm.model.loss`).
+- One-token calls with a cache go through `hidden_step`, the static-shape decode step (see
+  `slm.models.layers.kv_cache`): the same maths over the whole cache buffer, with no host reads, so it can be
+  compiled once and replayed per token.
+- The shared `CausalLM.forward` (slm.models.base) turns the final hidden states into logits or the chunked loss;
+  this class supplies `hidden_states`, `hidden_step` and its decode state (a `KVCache`).
 - This module knows nothing about tokenizers, data or training.
 """
 
@@ -26,48 +27,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MAX_LEN as DENSE_MAX_LEN
-from .attention import causal_bias, dense_causal_attention, use_dense
-from .cache import KVCache
-from .config import ModelConfig
-from .loss import chunked_cross_entropy
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 even under autocast (as HF does); cast back before the weight multiply.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (max_len, head_dim) for rotate-half RoPE, in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    t = torch.arange(max_len, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq)  # (T, D/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D); cos/sin broadcastable to it: (T, D) or (B, 1, T, D)."""
-    d = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., d:], x[..., :d]), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
-
+from ..base import CausalLM, document_causal_mask
+from ..layers.attention import MAX_LEN as DENSE_MAX_LEN
+from ..layers.attention import causal_bias, dense_causal_attention, use_dense
+from ..layers.kv_cache import KVCache
+from ..layers.norm import RMSNorm
+from ..layers.rope import apply_rope, rope_tables
+from .config import LlamaConfig
 
 _SDPA_HAS_GQA = "enable_gqa" in F.scaled_dot_product_attention.__doc__
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
@@ -112,7 +84,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
@@ -123,7 +95,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg)
@@ -137,10 +109,11 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+class Llama(CausalLM):
+    cfg: LlamaConfig
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__(cfg)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -148,9 +121,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # causal mask of the dense CPU training attention (slm.model.attention), <= 1 MB
+        # causal mask of the dense CPU training attention (slm.models.layers.attention), <= 1 MB
         self.register_buffer("dense_bias", causal_bias(min(DENSE_MAX_LEN, cfg.max_seq_len)), persistent=False)
-        self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
         self.reset_parameters()
 
     @property
@@ -179,73 +151,48 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = cos, sin
         self.dense_bias = causal_bias(min(DENSE_MAX_LEN, self.cfg.max_seq_len), device)
 
-    def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, return_hidden: bool = False,
-                targets: torch.Tensor | None = None, loss_chunk: int = 4096,
-                doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, vocab) in the compute dtype, or normalised hidden (B, T, C), or with
-        `targets` (B, T) (already aligned: targets[:, t] is the token after input_ids[:, t]) the SUMMED next-token
-        cross-entropy over targets != IGNORE_INDEX, computed chunk-wise without materialising the logits.
+    def new_state(self, batch_size: int, max_len: int, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, batch_size, max_len, dtype=dtype, device=device)
 
-        Without a cache, the sequence starts at position 0 and attention is causal (training / scoring); with
-        `doc_ids` (B, T) and `position_ids` (B, T) a row holds several packed documents that do not attend to each
-        other and whose RoPE positions restart at 0 (document masking for packed SFT).
-        With a cache, tokens are appended after what it holds; `attention_mask` (B, T) marks real tokens (False = left
-        padding) and defaults to all-real.
-        """
+    def state_from_tensors(self, tensors: tuple[torch.Tensor, ...]) -> KVCache:
+        return KVCache.from_tensors(tensors, functional=True)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.cfg.flops_per_token(seq_len)
+
+    def hidden_states(self, input_ids: torch.Tensor, *, state: KVCache | None = None,
+                      attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T = input_ids.shape
-        if cache is not None and T == 1 and targets is None and cache.max_len <= self.cfg.max_seq_len:
-            cache.advance(1)  # host-side bookkeeping stays out of the (compilable) step
-            if attention_mask is None:
-                attention_mask = torch.ones(B, 1, dtype=torch.bool, device=input_ids.device)
-            return self.forward_step(input_ids, cache, attention_mask.bool(), return_hidden=return_hidden)
         x = self.embed_tokens(input_ids)  # (B, T, C)
-        if cache is None:
+        if state is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
             if doc_ids is None:
                 cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
             else:  # packed rows: attend only within the same document
-                causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-                mask = ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
-                if position_ids is None:
-                    raise ValueError("doc_ids needs position_ids (positions restarting at 0 in each document)")
+                mask = document_causal_mask(doc_ids)  # (B, 1, T, T)
                 cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]  # (B, 1, T, D)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
-            positions, mask = cache.reserve(attention_mask.bool())  # (B, T), (B, 1, T, S)
+            positions, mask = state.reserve(attention_mask.bool())  # (B, T), (B, 1, T, S)
             if int(positions.max()) >= self.cfg.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds model.max_seq_len={self.cfg.max_seq_len}")
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
         for i, layer in enumerate(self.layers):
-            if self.gradient_checkpointing and self.training and cache is None:
+            if self.gradient_checkpointing and self.training and state is None:
                 x = checkpoint(layer, x, cos, sin, i, None, mask, False, self.dense_bias, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, i, cache, mask, False, self.dense_bias)
-        x = self.norm(x)
-        if targets is not None:
-            return chunked_cross_entropy(x, self.output_weight, targets, chunk=loss_chunk, reduction="sum")
-        if return_hidden:
-            return x
-        return F.linear(x, self.output_weight)
+                x = layer(x, cos, sin, i, state, mask, False, self.dense_bias)
+        return self.norm(x)
 
-    def forward_step(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor, *,
-                     return_hidden: bool = False) -> torch.Tensor:
-        """One decode step with static shapes: input_ids (B, 1), attention_mask (B, 1) bool -> logits (B, 1, vocab).
-
-        Reads no host value and allocates nothing whose shape depends on the step, so `torch.compile` traces it once
-        per (batch, cache length). The caller must call `cache.advance(1)` first (`forward` does).
-        """
+    def hidden_step(self, input_ids: torch.Tensor, state: KVCache, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (B, 1, C)
-        positions, mask = cache.reserve_step(attention_mask)  # (B, 1), (B, 1, 1, T_max)
+        positions, mask = state.reserve_step(attention_mask)  # (B, 1), (B, 1, 1, T_max)
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, 1, D)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, mask, True)
-        x = self.norm(x)
-        if return_hidden:
-            return x
-        return F.linear(x, self.output_weight)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+            x = layer(x, cos, sin, i, state, mask, True)
+        return self.norm(x)

@@ -1,4 +1,9 @@
-"""torch.distributed setup for `torchrun`: NCCL on CUDA, gloo on CPU; a no-op single process otherwise."""
+"""Where and how a process computes: device choice, precision (autocast dtype + GradScaler), and the torch.distributed
+process group for `torchrun` (NCCL on CUDA, gloo on CPU; a no-op single process otherwise).
+
+Below train/, generate/ and eval/ (all of them pick devices and precisions); wrapping a model for data parallelism
+is the trainer's business (slm.train.parallel).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .errors import SlmError
 
 
 @dataclass
@@ -29,8 +36,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import SlmError
-
         raise SlmError(f"--run.device={name}: CUDA is not available on this machine; use --run.device=cpu")
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
@@ -65,3 +70,16 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether to use a GradScaler)."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+            name = "bf16" if amx else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise SlmError("--train.precision=fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
