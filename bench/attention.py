@@ -1,5 +1,5 @@
 """Causal GQA attention, forward + backward of one layer: SDPA (eager, as PyTorch dispatches it) vs slm's dense
-causal attention compiled (`slm.model.attention`, the path a compiled CPU training step takes for T <= 512).
+causal attention compiled (`slm.models.layers.attention`, the path a compiled CPU training step takes for T <= 512).
 
 Usage: python bench/attention.py [--quick] [--batch 8 --seq 256 --heads 6 --kv-heads 2 --head-dim 64] [--rounds 7]
 

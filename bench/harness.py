@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
 from slm.errors import atomic_write_text  # noqa: E402
-from slm.models import CausalLM, ModelConfig
+from slm.models import CausalLM
+from slm.models.llama import LlamaConfig
 
 
 _clock = time.perf_counter
@@ -83,7 +84,7 @@ def hf_twin(model: CausalLM, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
     model_type = raw.pop("model_type")
     hf_cfg = AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k not in ("architectures",)})
     hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
-    state = {to_hf_name(k): v for k, v in model.state_dict().items()}
+    state = {to_hf_name(k, model.cfg): v for k, v in model.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (model.cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
@@ -93,9 +94,9 @@ def hf_twin(model: CausalLM, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
     return hf.to(dtype)
 
 
-def reference_config(vocab: int = 8192, seq_len: int = 256) -> ModelConfig:
+def reference_config(vocab: int = 8192, seq_len: int = 256) -> LlamaConfig:
     """The issue's reference config: vocab 8192, d 384, 6 layers, 6 heads / 2 KV heads, FFN 1024, tied."""
-    return ModelConfig(vocab_size=vocab, d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_hidden=1024,
+    return LlamaConfig(vocab_size=vocab, d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_hidden=1024,
                        tie_embeddings=True, max_seq_len=max(seq_len, 256))
 
 

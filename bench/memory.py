@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-import harness  # noqa: F401  (puts src/ on sys.path; imports torch and slm.model only, not transformers)
+import harness  # noqa: F401  (puts src/ on sys.path; imports torch and slm.models only, not transformers)
 
 
 def rss_mib() -> float:

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from slm.config import RunConfig
-from slm.models import ModelConfig, build_model
+from slm.models import build_model
+from slm.models.llama import LlamaConfig
 from slm.posttrain.config import load_posttrain_config
 from slm.posttrain.run import run_posttrain
 from slm.checkpoint import load_tokenizer_of, save_checkpoint
@@ -27,7 +28,7 @@ TEACHER = Path("runs/smollm2-135m-instruct")
 def make_student() -> None:
     tok = load_tokenizer_of(TEACHER)
     cfg = RunConfig()
-    cfg.model = ModelConfig(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=384, vocab_size=49152,
+    cfg.model = LlamaConfig(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=384, vocab_size=49152,
                             max_seq_len=512, tie_embeddings=True)
     cfg.tokenizer.kind, cfg.tokenizer.path = "pretrained", str((STUDENT / "tokenizer").resolve())
     model = build_model(cfg.model)

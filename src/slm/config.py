@@ -2,7 +2,9 @@
 
 Resolution order: dataclass defaults, then the recipe YAML, then CLI overrides. Every key is checked against the
 dataclass fields (an unknown key is an error naming it and listing the valid ones) and every value against the field's
-type (`--train.lr=abc` is an error, `--train.lr=3e-4` is a float even though YAML 1.1 reads it as a string). The
+type (`--train.lr=abc` is an error, `--train.lr=3e-4` is a float even though YAML 1.1 reads it as a string). A field
+with a fixed set of values is typed `Literal[...]`; `check_choice` is the one check of such a value, run both when a
+recipe is read and in each section's `__post_init__` (Python callers), and `--help` lists the choices. The
 resolved config is written beside every run and checkpoint (`config.yaml`); loading a checkpoint rebuilds its model
 from that file. A model section may name a preset (`model.preset: smollm2-135m`); its values fill every field the
 recipe did not set itself.
@@ -18,12 +20,40 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import SlmError, atomic_write_text
 from .models import ARCHS, ModelConfig, get_arch, resolve_model_values
+
+
+Dtype = Literal["float32", "bfloat16", "float16"]  # weight dtypes of an export (`--export.dtype`, `slm export --dtype`)
+
+
+def literal_choices(cls: type) -> dict[str, tuple]:
+    """{field name: allowed values} for each `Literal[...]`-typed field of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is Literal}
+
+
+def check_choice(value: Any, choices: tuple, flag: str) -> Any:
+    """`value` if it is one of `choices`, else the one-line error naming the flag and the choices.
+
+    YAML reads true/false/yes/no as booleans, so a boolean is taken as its lower-case name when that is a choice
+    (`compile: true` -> "true")."""
+    if isinstance(value, bool) and str(value).lower() in choices:
+        value = str(value).lower()
+    if isinstance(value, bool) or value not in choices:
+        raise SlmError(f"{flag}={value!r}: choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def check_choices(section: Any, name: str) -> None:
+    """Validate (and normalise, see `check_choice`) every Literal field of config section `section` (`--name.*`)."""
+    for key, choices in literal_choices(type(section)).items():
+        setattr(section, key, check_choice(getattr(section, key), choices, f"--{name}.{key}"))
 
 
 @dataclass(kw_only=True)
@@ -64,7 +94,7 @@ class RunSection:
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
-    kind: str = "bpe"  # bpe (train byte-level BPE on the corpus) | byte (256 bytes + specials) | pretrained (path=)
+    kind: Literal["bpe", "byte", "pretrained"] = "bpe"  # bpe: trained on the corpus; byte: 256 bytes; pretrained: path=
     path: str = ""  # for kind=pretrained: a tokenizer.json or an HF tokenizer folder (GPT-2, SmolLM2, ...)
     vocab_size: int = 32768  # BPE target size including special tokens (32768 suits real corpora; tiny corpora want less)
     min_frequency: int = 2  # BPE: a pair must occur this often to be merged
@@ -72,8 +102,7 @@ class TokenizerConfig:
     extra_special_tokens: list[str] = field(default_factory=list)  # appended to <|bos|> <|eos|> <|pad|> and chat tokens
 
     def __post_init__(self) -> None:
-        if self.kind not in ("bpe", "byte", "pretrained"):
-            raise SlmError(f"--tokenizer.kind={self.kind!r}: choose bpe, byte or pretrained")
+        check_choices(self, "tokenizer")
         if self.kind == "pretrained" and not self.path:
             raise SlmError("--tokenizer.path: required when --tokenizer.kind=pretrained (a tokenizer.json or folder)")
 
@@ -83,15 +112,14 @@ class DataConfig:
     inputs: list[str] = field(default_factory=list)  # text files, folders, .jsonl/.parquet; "shakespeare" = embedded corpus
     text_column: str = ""  # jsonl/parquet column holding the text; "" = auto-detect
     glob: str = "*"  # which files of a folder to read
-    txt_split: str = "auto"  # documents of a .txt: auto | file | paragraph | line
-    on_decode_error: str = "replace"  # non-UTF-8 bytes: replace (counted) | skip the document (counted)
+    txt_split: Literal["auto", "file", "paragraph", "line"] = "auto"  # what one document of a .txt file is
+    on_decode_error: Literal["replace", "skip"] = "replace"  # non-UTF-8 bytes: replace them or skip the doc (counted)
     val_fraction: float = 0.05  # share of documents held out for validation (by document hash, deterministic)
     num_workers: int = 2  # tokenizer worker processes
     prepared_dir: str = ""  # prepared token shards; "" = <run dir>/data
 
     def __post_init__(self) -> None:
-        if self.on_decode_error not in ("replace", "skip"):
-            raise SlmError(f"--data.on_decode_error={self.on_decode_error!r}: choose replace or skip")
+        check_choices(self, "data")
         if not 0.0 <= self.val_fraction < 1.0:
             raise SlmError(f"--data.val_fraction={self.val_fraction}: must be in [0, 1)")
 
@@ -110,7 +138,7 @@ class TrainConfig:
     seq_len: int = 256  # context length (ignored when phases are given)
     phases: list[PhaseConfig] = field(default_factory=list)  # curriculum, e.g. 256 -> 1024 -> 2048 (SLMS)
     grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size * grad_accum * world_size
-    optimizer: str = "adamw"  # adamw | muon (Muon on 2-D hidden weights, AdamW on embeddings, norms and head)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon on 2-D hidden weights, AdamW on embeddings, norms, head
     lr: float = 3e-3  # peak learning rate (AdamW part)
     muon_lr: float = 0.02  # peak learning rate of the Muon part
     muon_momentum: float = 0.95  # Muon momentum
@@ -118,13 +146,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | linear | constant
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"  # lr after warmup; wsd: warmup-stable-decay
     warmup_steps: int = 50  # linear warmup from 0
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
-    compile: str | bool = "auto"  # torch.compile the model: true | false | auto (CUDA; CPU runs of >= 1M tokens)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # bf16: autocast; fp16: autocast + GradScaler (CUDA)
+    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the model; auto: CUDA, CPU runs of >= 1M tokens
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
     loss_chunk: int = 4096  # rows per chunk of the chunked cross-entropy
     eval_every: int = 100  # steps between validation evals (0 = only at the end)
@@ -143,13 +171,7 @@ class TrainConfig:
     max_skipped_steps: int = 20  # abort after this many consecutive non-finite steps
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # YAML's true/false and Python callers' booleans
-            self.compile = "true" if self.compile else "false"
-        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd", "linear", "constant"),
-                   "precision": ("auto", "fp32", "bf16", "fp16"), "compile": ("auto", "true", "false")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise SlmError(f"--train.{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        check_choices(self, "train")  # also turns a Python caller's compile=True/False into "true"/"false"
         for key in ("steps", "batch_size", "seq_len", "grad_accum"):
             if getattr(self, key) <= 0:
                 raise SlmError(f"--train.{key}={getattr(self, key)}: must be > 0")
@@ -180,7 +202,10 @@ class SampleSection(SamplingConfig):
 @dataclass(kw_only=True)
 class ExportConfig:
     hf: bool = True  # `slm run` exports the final model in HF format to <run dir>/hf
-    dtype: str = "float32"  # float32 | bfloat16 | float16 weights in the export
+    dtype: Dtype = "float32"  # dtype of the exported weights
+
+    def __post_init__(self) -> None:
+        check_choices(self, "export")
 
 
 @dataclass(kw_only=True)
@@ -207,6 +232,8 @@ class RunConfig:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        return check_choice(value, typing.get_args(tp), f"--{where}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SlmError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
@@ -345,9 +372,7 @@ def build_run_config(data: dict) -> RunConfig:
     if not isinstance(model, dict):
         raise SlmError(f"model: expected a mapping of model fields, got {type(model).__name__}")
     spec, model = resolve_model_values(model)
-    cfg = from_dict(RunConfig, data)
-    cfg.model = from_dict(spec.config, model, "model")
-    return cfg
+    return dataclasses.replace(from_dict(RunConfig, data), model=from_dict(spec.config, model, "model"))
 
 
 def load_run_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -361,7 +386,12 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 def load_saved_config(path: str | Path) -> RunConfig:
     """Read a config.yaml written by `save_config` (beside a run or inside a checkpoint)."""
-    return build_run_config(read_yaml(path))
+    try:
+        return build_run_config(read_yaml(path))
+    except SlmError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise SlmError(f"{path}: {exc}") from None
 
 
 def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -395,5 +425,8 @@ def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str,
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-        rows.append((f"--{name}", repr(default), comments.get(f.name, "")))
+        comment = comments.get(f.name, "")
+        if typing.get_origin(tp) is Literal:
+            comment = f"{{{'|'.join(map(str, typing.get_args(tp)))}}} {comment}".rstrip()
+        rows.append((f"--{name}", repr(default), comment))
     return rows

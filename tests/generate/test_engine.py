@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from slm.generate import SamplingConfig, TextStreamer, generate, generate_naive, run_repl, stream_text
+from slm.cli.repl import TextStreamer, run_repl, stream_text
+from slm.generate import SamplingConfig, generate, generate_naive
 from slm.models import CausalLM, build_model, preset_config
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)

@@ -4,7 +4,7 @@ import json
 
 from slm.posttrain import bigbench
 from slm.posttrain.data import BadExamples, load_conversations, load_preferences, load_prompts
-from slm.tokenizer.chat import ChatFormatter
+from slm.tokenizer.chat_template import ChatFormatter
 
 
 def _task(base, name, task):

@@ -6,9 +6,9 @@ import pytest
 
 import slm.cli
 from slm.generate import SamplingConfig, generate
-from slm.posttrain.chat import fit_history, run_chat
-from slm.posttrain.cli import register
-from slm.tokenizer.chat import ChatFormatter
+from slm.cli.chat import fit_history, run_chat
+from slm.cli.posttrain import register
+from slm.tokenizer.chat_template import ChatFormatter
 
 from _posttrain_helpers import CHATS, tiny_model, write_jsonl
 

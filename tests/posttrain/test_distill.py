@@ -13,7 +13,7 @@ from slm.posttrain.data import BadExamples, load_conversations
 from slm.posttrain.distill import KDBatch, KDTask, generate_responses, kd_token_losses, load_teacher, topk_cache
 from slm.posttrain.run import run_posttrain
 from slm.posttrain.sequence import pad_batch, shift_example
-from slm.tokenizer.chat import ChatFormatter
+from slm.tokenizer.chat_template import ChatFormatter
 
 from _posttrain_helpers import CHATS, tiny_model, write_jsonl
 
@@ -30,7 +30,7 @@ def test_identical_teacher_and_student_give_zero_kl(tok, tmp_path, direction):
     teacher = tiny_model(seed=3, init_std=0.2).requires_grad_(False)
     task = KDTask(ex, [], RunConfig(), KDConfig(loss=direction, alpha=1.0, temperature=2.0), teacher=teacher,
                   teacher_tokenizer=tok, tokenizer=tok, pad_id=tok.pad_id)
-    batch = KDBatch(pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id), list(range(len(ex))))
+    batch = KDBatch.of(pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id), list(range(len(ex))))
     loss = task.loss(student, batch, loss_chunk=16)
     assert abs(float(loss.detach())) < 1e-4
     loss.backward()
@@ -57,9 +57,9 @@ def test_kd_with_alpha_zero_is_sft(tok, tmp_path):
     student, teacher = tiny_model(seed=1), tiny_model(seed=2).requires_grad_(False)
     task = KDTask(ex, [], RunConfig(), KDConfig(alpha=0.0), teacher=teacher, teacher_tokenizer=None, tokenizer=tok,
                   pad_id=tok.pad_id)
-    batch = pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id)
-    x, y = batch
-    assert float(task.loss(student, KDBatch(batch, list(range(len(ex)))), 7).detach()) == pytest.approx(float(student(x, targets=y).detach()), rel=1e-5)
+    batch = KDBatch.of(pad_batch([shift_example(e.ids, e.mask) for e in ex], tok.pad_id), list(range(len(ex))))
+    expected = float(student(batch.input_ids, targets=batch.targets).detach())
+    assert float(task.loss(student, batch, 7).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])

@@ -14,7 +14,7 @@ from slm.posttrain.config import DPOConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_preferences
 from slm.posttrain.dpo import DPOTask
 from slm.posttrain.run import run_posttrain
-from slm.tokenizer.chat import ChatFormatter
+from slm.tokenizer.chat_template import ChatFormatter
 
 from _posttrain_helpers import tiny_model, write_jsonl
 
@@ -79,7 +79,7 @@ def test_only_completion_tokens_are_scored(tok, tmp_path):
     assert tok.decode([i for i, m in zip(p.chosen.ids, p.chosen.mask) if m]) == "cat!<|im_end|>"
     assert p.chosen.ids[:p.prompt_len] == p.rejected.ids[:p.prompt_len]
     batch = DPOTask([p], [], RunConfig(), DPOConfig(), reference=tiny_model(), pad_id=tok.pad_id).collate([p])
-    assert int((batch["y"][0] != IGNORE_INDEX).sum()) == len("cat!") + 1
+    assert int((batch.targets[0] != IGNORE_INDEX).sum()) == len("cat!") + 1
 
 
 @pytest.mark.parametrize("record, phrase", [

@@ -12,7 +12,7 @@ from slm.posttrain.grpo import (GRPOTask, answers_match, extract_answer, group_a
                                 reward_length, reward_math)
 from slm.posttrain.run import run_posttrain
 from slm.posttrain.sequence import sequence_logprobs
-from slm.tokenizer.chat import ChatFormatter
+from slm.tokenizer.chat_template import ChatFormatter
 
 from _posttrain_helpers import tiny_model, write_jsonl
 
@@ -55,9 +55,9 @@ def _task(tok, tmp_path, **kw):
 def test_rollout_layout_trains_completions_only(tok, tmp_path):
     task, prompts = _task(tok, tmp_path)
     batch = task.rollout(prompts[:2], seed=0)
-    assert batch["x"].shape[0] == 8 and batch["advantages"].shape == (8,)
+    assert batch.input_ids.shape[0] == 8 and batch.advantages.shape == (8,)
     prompt_len = len(task.formatter.encode_prompt(prompts[0].messages))
-    y = batch["y"][0]
+    y = batch.targets[0]
     assert (y[:prompt_len - 1] == IGNORE_INDEX).all() and y[prompt_len - 1] != IGNORE_INDEX
     n_trained = int((y != IGNORE_INDEX).sum())
     assert 1 <= n_trained <= 9
@@ -70,20 +70,20 @@ def test_rollout_layout_trains_completions_only(tok, tmp_path):
 def test_loss_equals_hand_written_policy_gradient(tok, tmp_path):
     task, prompts = _task(tok, tmp_path, kl_beta=0.05)
     batch = task.rollout(prompts[:2], seed=1)
-    batch["advantages"] = torch.linspace(-1, 1, 8)  # make sure every row carries signal
+    batch.advantages = torch.linspace(-1, 1, 8)  # make sure every row carries signal
     model = task.policy
     model.zero_grad()
     task.loss(model, batch, 16).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    x, y = batch["x"], batch["y"]
+    x, y = batch.input_ids, batch.targets
     logp = sequence_logprobs(model, x, y)
     with torch.no_grad():
         ref = sequence_logprobs(task.reference, x, y)
     mask = (y != IGNORE_INDEX).float()
     kl = torch.exp(ref - logp) - (ref - logp) - 1
     # ratio = exp(logp - logp.detach()) = 1 with gradient d logp: the loss is -A * logp per token
-    per_tok = -batch["advantages"][:, None] * torch.exp(logp - logp.detach()) + 0.05 * kl
+    per_tok = -batch.advantages[:, None] * torch.exp(logp - logp.detach()) + 0.05 * kl
     expected = ((per_tok * mask).sum(-1) / mask.sum(-1)).sum()
     expected.backward()
     for g, p in zip(grads, model.parameters()):
@@ -93,9 +93,9 @@ def test_loss_equals_hand_written_policy_gradient(tok, tmp_path):
 def test_clip_bounds_the_ratio(tok, tmp_path):
     task, prompts = _task(tok, tmp_path, num_iterations=2, epsilon=0.2)
     batch = task.rollout(prompts[:1], seed=3)
-    assert "old_logp" in batch
-    batch["advantages"] = torch.ones(4)
-    batch["old_logp"] = batch["old_logp"] - 1.0  # pretend the policy moved: ratio = e > 1 + eps
+    assert batch.old_logp is not None
+    batch.advantages = torch.ones(4)
+    batch.old_logp = batch.old_logp - 1.0  # pretend the policy moved: ratio = e > 1 + eps
     loss = task.loss(task.policy, batch, 64)
     loss.backward()
     # clipped with A > 0: the min picks the constant clipped term, so no gradient flows

@@ -10,10 +10,10 @@ from slm.models import IGNORE_INDEX
 from slm.posttrain.config import PostTrainConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_conversations
 from slm.posttrain.run import run_posttrain
-from slm.posttrain.sequence import RowLoader, pack_rows, packed_batch, packed_hidden, pad_batch, shift_example
+from slm.posttrain.sequence import RowLoader, batch_hidden, pack_rows, packed_batch, pad_batch, shift_example
 from slm.posttrain.sft import SFTTask
 from slm.config import RunConfig
-from slm.tokenizer.chat import ChatFormatter
+from slm.tokenizer.chat_template import ChatFormatter
 
 from _posttrain_helpers import CHATS, chat, tiny_model, write_jsonl
 
@@ -49,7 +49,8 @@ def test_padded_batch_loss_equals_rows_alone(tok, tmp_path):
     examples = _examples(tok, tmp_path)[:3]
     model = tiny_model(seed=4)
     shifted = [shift_example(e.ids, e.mask) for e in examples]
-    x, y = pad_batch(shifted, tok.pad_id)
+    padded = pad_batch(shifted, tok.pad_id)
+    x, y = padded.input_ids, padded.targets
     with torch.no_grad():
         alone = sum(float(model(torch.tensor([a]), targets=torch.tensor([b]))) for a, b in shifted)
         assert float(model(x, targets=y)) == pytest.approx(alone, rel=1e-5)
@@ -59,7 +60,7 @@ def test_document_mask_blocks_cross_attention(tok):
     model = tiny_model(seed=5).eval()
     a, b = [5, 6, 7, 8], [9, 10, 11]
     batch = packed_batch([[(a, a), (b, b)]], 8, tok.pad_id)
-    h = packed_hidden(model, batch["x"], batch["doc"], batch["pos"])
+    h = batch_hidden(model, batch)
     alone = model(torch.tensor([b]), return_hidden=True)
     assert torch.allclose(h[0, 4:7], alone[0], atol=1e-5)
 
@@ -144,6 +145,7 @@ def test_sft_run_lowers_val_loss_and_saves_a_chat_checkpoint(tok, tmp_path, star
     from slm.checkpoint import load_model, load_tokenizer_of
     model, saved = load_model(summary["checkpoint"])
     assert saved.model.vocab_size == 320 and load_tokenizer_of(summary["checkpoint"]) is not None
+    assert cfg.model != saved.model and saved.tokenizer.kind == "byte"  # resolved into a new config, not in place
 
 
 def test_config_rejects_unknown_posttrain_key(tmp_path):

@@ -32,7 +32,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,15 +53,16 @@ class DedupConfig:
     bands: int = 14  # LSH bands (datatrove num_buckets); also the number of bucket tasks
     rows: int = 8  # hashes per band (datatrove hashes_per_bucket); threshold ~ (1/bands)^(1/rows)
     seed: int = 1  # MinHash permutation seed
-    word_tokenizer: str = "whitespace"  # whitespace (fast, after simplify_text) | spacy (datatrove's default)
+    word_tokenizer: Literal["whitespace", "spacy"] = "whitespace"  # whitespace (fast, after simplify_text) or spacy
     decontaminate: bool = True  # remove train documents that (near-)duplicate a val document
 
     def __post_init__(self) -> None:
+        from slm.config import check_choices  # the one check of Literal fields (imports torch: not at module level)
+
         for key in ("n_grams", "bands", "rows"):
             if getattr(self, key) < 1:
                 raise SlmError(f"--dedup.{key}={getattr(self, key)}: must be >= 1")
-        if self.word_tokenizer not in ("whitespace", "spacy"):
-            raise SlmError(f"--dedup.word_tokenizer={self.word_tokenizer!r}: choose whitespace or spacy")
+        check_choices(self, "dedup")
 
 
 # ----------------------------------------------------------------------------------------------------------- exact

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -61,7 +61,6 @@ from slm.errors import SlmError, atomic_dir, atomic_write_text
 SPLITS = ("val", "train")
 REPORT_FILE = "report.json"
 _FINGERPRINT = "recipe.json"
-EXECUTORS = ("local", "slurm", "ray")
 FILES_PER_TASK = 4  # a source with at least this many files per task is sharded by file, not by document
 
 
@@ -72,7 +71,7 @@ class CleanConfig:
 
 @dataclass(kw_only=True)
 class ExecutorConfig:
-    kind: str = "local"  # local | slurm | ray (datatrove executors)
+    kind: Literal["local", "slurm", "ray"] = "local"  # which datatrove executor runs the stages
     tasks: int = 4  # shards of the work; fixes the output bytes (any number of workers gives the same shards)
     workers: int = 2  # tasks running at once (local: processes; ray: concurrent tasks); -1 = all
     partition: str = ""  # slurm partition (required for kind=slurm)
@@ -83,8 +82,9 @@ class ExecutorConfig:
     sbatch_args: dict = field(default_factory=dict)  # slurm: extra sbatch options
 
     def __post_init__(self) -> None:
-        if self.kind not in EXECUTORS:
-            raise SlmError(f"--executor.kind={self.kind!r}: choose one of {', '.join(EXECUTORS)}")
+        from slm.config import check_choices  # the one check of Literal fields (imports torch: not at module level)
+
+        check_choices(self, "executor")
         if self.tasks < 1:
             raise SlmError(f"--executor.tasks={self.tasks}: must be >= 1")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import SlmError
-from .metrics import evaluate
+from ..train.heldout import evaluate
 
 
 def windows(tokens: np.ndarray, seq_len: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -23,7 +23,7 @@ Decisions:
 - `generate_naive` re-runs the full forward pass over the whole sequence each step with no cache and no padding:
   slow (quadratic) but obviously correct, the reference the tests hold the cached path to.
 - One `torch.Generator` seeded from `cfg.seed` drives all draws, so the same inputs and seed give the same samples.
-- Speed: the prompt is prefilled in one pass; every decode step then goes through `Transformer.forward_step`, which has
+- Speed: the prompt is prefilled in one pass; every decode step then goes through `CausalLM.forward_step`, which has
   static shapes (the whole cache buffer, masked by `valid`) and reads no host value. `compile=True` hands that step to
   `torch.compile` once per model and (batch, cache length) — the cache length is then rounded up to a multiple of
   `_COMPILE_BUCKET` so nearby requests share one compiled graph — with inductor's `freezing`: weights become

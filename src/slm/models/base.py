@@ -10,7 +10,8 @@ otherwise have to know by name:
   function of tensors, which ONNX / Core ML exporters trace.
 - `param_roles()`: what each parameter is (embedding, output head, hidden matrix, gain, ...). The optimizer groups by
   role, never by parameter name.
-- `flops_per_token(seq_len)` for MFU, `num_parameters()`.
+- `flops_per_token(seq_len)` for MFU, `num_parameters()`, and `aux_losses()` (e.g. an MoE balance loss) that the
+  trainer adds to the task's loss.
 Packed documents (`doc_ids`, `position_ids`) are masked apart by `document_causal_mask`; architectures that can do
 that say so with the `supports_packing` flag of their registry entry.
 
@@ -198,3 +199,8 @@ class CausalLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Auxiliary training losses of the last forward pass, already weighted (e.g. an MoE load-balancing loss),
+        by name; the trainer adds them to the task's loss and logs them. None for most architectures."""
+        return {}

@@ -118,6 +118,8 @@ def resolve_model_values(values: dict[str, Any], where: str = "model") -> tuple[
     values = dict(values)
     preset = values.get("preset")
     arch = values.get("arch")
+    if arch:
+        get_arch(arch)  # an unknown architecture is the first thing to report
     if preset:
         presets = all_presets()
         if preset not in presets:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import SlmError
-from ..tokenizer.chat import ChatFormatter, Message, RenderedChat, message_problem
+from ..tokenizer.chat_template import ChatFormatter, Message, RenderedChat, message_problem
 
 
 @dataclass

@@ -38,6 +38,7 @@ Decisions (KD):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -56,9 +57,10 @@ from ..models import CausalLM, IGNORE_INDEX, build_model
 from ..tokenizer import Tokenizer
 from .. import checkpoint as ckpt
 from ..checkpoint import unwrap
+from ..train.task import Batch
 from .config import GenerateConfig, KDConfig
 from .data import BadExamples, Example, load_prompts
-from .sequence import packed_hidden, pad_batch, shift_example
+from .sequence import batch_hidden, pad_batch, shift_example
 from .sft import SFTTask
 
 SCHEMA = "slm-distill-v1"
@@ -129,7 +131,7 @@ def generate_responses(gen: GenerateConfig, *, bad: BadExamples, device: torch.d
     """Write teacher responses for every prompt not yet in `gen.output`; returns counts."""
     from ..generate.engine import generate
     from ..config import SamplingConfig
-    from ..tokenizer.chat import ChatFormatter
+    from ..tokenizer.chat_template import ChatFormatter
 
     for key in ("teacher", "prompts", "output"):
         if not getattr(gen, key):
@@ -249,8 +251,8 @@ def _teacher_topk(teacher: CausalLM, examples: list[Example], k: int, pad_id: in
                   batch_size: int = 8, chunk: int = 1024) -> dict[str, torch.Tensor]:
     offsets, ids, logps = [0], [], []
     for s in range(0, len(examples), batch_size):
-        x, y = pad_batch([shift_example(e.ids, e.mask) for e in examples[s:s + batch_size]], pad_id)
-        x, y = x.to(device), y.to(device)
+        b = pad_batch([shift_example(e.ids, e.mask) for e in examples[s:s + batch_size]], pad_id).to(device)
+        x, y = b.input_ids, b.targets
         with torch.no_grad():
             h = teacher(x, return_hidden=True)[y != IGNORE_INDEX]  # (n, C), row-major = example order
             for c in range(0, h.shape[0], chunk):
@@ -296,13 +298,20 @@ def topk_cache(path: Path, teacher: CausalLM, train: list[Example], val: list[Ex
 # ---------------------------------------------------------------------------------------------------------- KD task
 
 
-@dataclass
-class KDBatch:
-    """An SFT batch plus the example indices it holds (to find their cached teacher rows) and its split."""
+@dataclass(kw_only=True)
+class KDBatch(Batch):
+    """An SFT batch plus the examples its rows hold, to find their rows in the teacher's top-k cache.
 
-    base: Any
-    indices: list[int]
-    split: str = "train"
+    The cached log-probs are looked up at loss time, not stored here: the loader then never depends on the teacher,
+    and one batch works with a live teacher and with a cache alike."""
+
+    example_ids: list[int]  # indices into the split's examples, in row-major order of their trained positions
+    split: str = "train"  # which split's cache rows: train | val
+
+    @classmethod
+    def of(cls, batch: Batch, example_ids: list[int], split: str = "train") -> KDBatch:
+        base = {f.name: getattr(batch, f.name) for f in dataclasses.fields(Batch)}
+        return cls(**base, example_ids=example_ids, split=split)
 
 
 class KDTask(SFTTask):
@@ -322,34 +331,25 @@ class KDTask(SFTTask):
 
     # batches carry their example indices so cached teacher rows can be looked up
     def collate_padded(self, rows: list[list[int]]) -> KDBatch:
-        return KDBatch(super().collate_padded(rows), [i for r in rows for i in r])
+        return KDBatch.of(super().collate_padded(rows), [i for r in rows for i in r])
 
     def collate_packed(self, rows: list[list[int]], width: int) -> KDBatch:
-        return KDBatch(super().collate_packed(rows, width), [i for r in rows for i in r])
+        return KDBatch.of(super().collate_packed(rows, width), [i for r in rows for i in r])
 
-    def count(self, batch: Any) -> int:
-        return super().count(batch.base)
-
-    def tokens(self, batch: Any) -> int:
-        return super().tokens(batch.base)
-
-    def _teacher_hidden(self, base: Any) -> torch.Tensor:
+    def _teacher_hidden(self, batch: Batch) -> torch.Tensor:
         self.teacher.to(self.device)
         with torch.no_grad():
-            if isinstance(base, dict):
-                b = {k: v.to(self.device) for k, v in base.items()}
-                return packed_hidden(self.teacher, b["x"], b["doc"], b["pos"])
-            return self.teacher(base[0].to(self.device), return_hidden=True)
+            return batch_hidden(self.teacher, batch.to(self.device))
 
     def _summed(self, model: torch.nn.Module, batch: KDBatch, kd: KDConfig, chunk: int) -> torch.Tensor:
-        hidden, y = self.hidden(model, batch.base)
+        hidden, y = self.hidden(model, batch)
         valid = y != IGNORE_INDEX
         hs, yv = hidden[valid], y[valid]  # (n, C), (n,): row-major, i.e. the order of the cached rows
         w = unwrap(model).output_weight
         if self.cache is not None:
-            ids, logp = (t.to(self.device) for t in self.cache.rows(batch.split, batch.indices))
+            ids, logp = (t.to(self.device) for t in self.cache.rows(batch.split, batch.example_ids))
         else:
-            ht = self._teacher_hidden(batch.base)[valid]
+            ht = self._teacher_hidden(batch)[valid]
         total = hidden.new_zeros((), dtype=torch.float32)
         for s in range(0, hs.shape[0], chunk):
             if self.cache is not None:
@@ -362,7 +362,7 @@ class KDTask(SFTTask):
                              else _kd_chunk(*args))
         return total
 
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: KDBatch, loss_chunk: int) -> torch.Tensor:
         return self._summed(model, batch, self.kd, loss_chunk)
 
     def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
@@ -380,8 +380,8 @@ class KDTask(SFTTask):
                 for b, s in enumerate(range(0, len(shifted), bs)):
                     if max_batches and b >= max_batches:
                         break
-                    batch = KDBatch(pad_batch(shifted[s:s + bs], self.pad_id), list(range(s, min(s + bs,
-                                                                                               len(shifted)))), "val")
+                    ids = list(range(s, min(s + bs, len(shifted))))
+                    batch = KDBatch.of(pad_batch(shifted[s:s + bs], self.pad_id), ids, "val")
                     kl += float(self._summed(model, batch, probe, self.cfg.train.loss_chunk))
                     n += self.count(batch)
         finally:

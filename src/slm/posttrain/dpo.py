@@ -12,8 +12,9 @@ Decisions:
   rather than precomputed: no extra pass over the data, no cache to invalidate, memory is one more copy of a small
   model. Its log-probs are computed with the same padding and chunking as the policy's, so at step 0 the rewards are
   exactly zero and the loss exactly log 2.
-- A batch is B pairs laid out as 2B rows (chosen rows then rejected rows), right-padded together: one forward pass
-  for both halves. `count` is the number of pairs, so the trainer's normalisation yields the mean loss per pair.
+- A batch (`PairBatch`) is B pairs laid out as 2B rows (chosen rows then rejected rows), right-padded together: one
+  forward pass for both halves. `count` is the number of pairs, so the trainer's normalisation yields the mean loss
+  per pair.
 - Held-out evaluation reports the DPO loss and reward accuracy, plus `pref_accuracy`: the share of pairs where the
   policy alone gives the chosen completion the higher log-probability (and `pref_accuracy_norm`, the same per token,
   which does not favour the shorter answer). These are defined before any training (rewards are all zero at the
@@ -22,7 +23,7 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +31,25 @@ import torch.nn.functional as F
 from ..config import PhaseConfig, RunConfig
 from ..models import CausalLM, IGNORE_INDEX
 from ..runtime import DistInfo
+from ..train.task import Batch, Task
 from .config import DPOConfig
 from .data import PreferencePair
 from .sequence import RowLoader, RunningStats, pad_batch, sequence_logprobs, shift_example
 
 
-def _lengths(batch: dict) -> torch.Tensor:
+@dataclass(kw_only=True)
+class PairBatch(Batch):
+    """B preference pairs as 2B padded rows: rows [0, B) are the chosen completions, rows [B, 2B) the rejected ones
+    of the same prompts, in the same order."""
+
+    @property
+    def pairs(self) -> int:
+        return self.input_ids.shape[0] // 2
+
+
+def _lengths(batch: Batch) -> torch.Tensor:
     """Completion tokens of each row (2B,), at least 1."""
-    return (batch["y"] != IGNORE_INDEX).sum(-1).clamp(min=1).float()
+    return (batch.targets != IGNORE_INDEX).sum(-1).clamp(min=1).float()
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -51,7 +63,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
-class DPOTask:
+class DPOTask(Task):
     def __init__(self, train: list[PreferencePair], val: list[PreferencePair], cfg: RunConfig, dpo: DPOConfig, *,
                  reference: torch.nn.Module, pad_id: int, autocast_dtype: torch.dtype | None = None) -> None:
         self.train_pairs, self.val_pairs = train, val
@@ -60,11 +72,11 @@ class DPOTask:
         self.device = torch.device("cpu")
         self.stats = RunningStats()
 
-    def collate(self, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
+    def collate(self, pairs: list[PreferencePair]) -> PairBatch:
         rows = [shift_example(p.chosen.ids, p.chosen.mask) for p in pairs]
         rows += [shift_example(p.rejected.ids, p.rejected.mask) for p in pairs]
-        x, y = pad_batch(rows, self.pad_id)
-        return {"x": x, "y": y}
+        padded = pad_batch(rows, self.pad_id)
+        return PairBatch(input_ids=padded.input_ids, targets=padded.targets)
 
     def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> RowLoader:
         self.device = dist.device
@@ -73,21 +85,22 @@ class DPOTask:
                          world_size=dist.world_size,
                          collate=lambda rows: self.collate([self.train_pairs[i] for r in rows for i in r]))
 
-    def count(self, batch: Any) -> int:
-        return batch["x"].shape[0] // 2
+    def count(self, batch: PairBatch) -> int:
+        return batch.pairs
 
-    def tokens(self, batch: Any) -> int:
-        return int((batch["x"] != self.pad_id).sum())
+    def tokens(self, batch: PairBatch) -> int:
+        return int((batch.input_ids != self.pad_id).sum())
 
-    def _logps(self, model: torch.nn.Module, batch: dict, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logps(self, model: torch.nn.Module, batch: PairBatch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs of policy (with grad) and reference (without), each (2B,)."""
-        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+        b = batch.to(self.device)
+        x, y = b.input_ids, b.targets
         policy = sequence_logprobs(model, x, y, chunk).sum(-1)
         with torch.no_grad():
             ref = sequence_logprobs(self.reference, x, y, chunk).sum(-1)
         return policy, ref
 
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: PairBatch, loss_chunk: int) -> torch.Tensor:
         policy, ref = self._logps(model, batch, loss_chunk)
         B = policy.shape[0] // 2
         losses, r_chosen, r_rejected = dpo_loss(policy[:B], policy[B:], ref[:B], ref[B:], self.dpo.beta,

@@ -13,6 +13,8 @@ Decisions:
 - Rollouts are made by the loader: the trainer draws a micro-batch, the loader samples it from the live policy (the
   same object the trainer optimises, passed in at construction), so generation always uses the current weights and
   the trainer stays method-agnostic. Sampling uses the batched KV-cache engine, G samples per prompt in one call.
+  A rollout is a `RolloutBatch`: the trainer's `Batch` (prompt + completion rows, only completion tokens targeted)
+  plus per-completion advantages and rewards, and pi_old's log-probs when they are reused.
 - With `num_iterations` = 1 (default) pi_old is pi detached: ratio 1, the clip inactive, the gradient the plain
   advantage-weighted policy gradient. The logged loss is then ~0 by construction (advantages sum to zero within a
   group); the reward statistics, not the loss, show progress. With mu > 1 each rollout batch is reused for mu optimizer steps, pi_old's
@@ -30,7 +32,8 @@ Decisions:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,8 +42,9 @@ from ..errors import SlmError
 from ..generate.engine import generate
 from ..config import SamplingConfig
 from ..models import CausalLM, IGNORE_INDEX
-from ..tokenizer.chat import ChatFormatter
+from ..tokenizer.chat_template import ChatFormatter
 from ..runtime import DistInfo
+from ..train.task import Batch, Task
 from .config import GRPOConfig
 from .data import PromptRecord
 from .sequence import RowLoader, RunningStats, pad_batch, sequence_logprobs
@@ -94,6 +98,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return adv.reshape(-1)
 
 
+@dataclass(kw_only=True)
+class RolloutBatch(Batch):
+    """G sampled completions per prompt (prompt-major rows), with what the clipped objective needs."""
+
+    advantages: torch.Tensor  # (N,) group-normalised reward of each completion
+    rewards: torch.Tensor  # (N,) weighted total reward
+    old_logp: torch.Tensor | None = None  # (N, T) pi_old's log-probs at sampling time (num_iterations > 1)
+
+
 class RolloutLoader:
     """Prompt batches in resumable order, each turned into G sampled completions per prompt by the task."""
 
@@ -106,7 +119,7 @@ class RolloutLoader:
     def __iter__(self) -> "RolloutLoader":
         return self
 
-    def __next__(self) -> dict:
+    def __next__(self) -> RolloutBatch:
         if self._cached is None or self._uses >= self.task.grpo.num_iterations:
             indices = next(self.prompts)
             self._cached = self.task.rollout([self.task.train_prompts[i] for i in indices],
@@ -124,7 +137,7 @@ class RolloutLoader:
         self.made = int(state["made"])
 
 
-class GRPOTask:
+class GRPOTask(Task):
     def __init__(self, train: list[PromptRecord], val: list[PromptRecord], cfg: RunConfig, grpo: GRPOConfig, *,
                  policy: CausalLM, reference: CausalLM | None, formatter: ChatFormatter, pad_id: int,
                  autocast_dtype: torch.dtype | None = None) -> None:
@@ -152,7 +165,7 @@ class GRPOTask:
                  for name in self.grpo.rewards]
         return sum(w * r for w, r in zip(self.weights, parts)), parts
 
-    def rollout(self, prompts: list[PromptRecord], seed: int) -> dict[str, torch.Tensor]:
+    def rollout(self, prompts: list[PromptRecord], seed: int) -> RolloutBatch:
         """Sample G completions per prompt, score them, and lay them out as a training batch."""
         G, eot = self.grpo.num_generations, self.formatter.end_of_turn_id
         prompt_ids = [self.formatter.encode_prompt(p.messages) for p in prompts]
@@ -171,12 +184,14 @@ class GRPOTask:
             parts.append(each)
             lengths.append(len(completion))
             stopped.append(float(done))
-        x, y = pad_batch(rows, self.pad_id)
+        padded = pad_batch(rows, self.pad_id)
+        x, y = padded.input_ids, padded.targets
         r = torch.tensor(rewards, dtype=torch.float32)
-        batch = {"x": x, "y": y, "advantages": group_advantages(r, G, self.grpo.scale_rewards), "rewards": r}
+        batch = RolloutBatch(input_ids=x, targets=y, advantages=group_advantages(r, G, self.grpo.scale_rewards),
+                             rewards=r)
         if self.grpo.num_iterations > 1:
             with torch.no_grad():
-                batch["old_logp"] = sequence_logprobs(self.policy, x.to(self.device), y.to(self.device)).cpu()
+                batch.old_logp = sequence_logprobs(self.policy, x.to(self.device), y.to(self.device)).cpu()
         n = len(outs)
         self.stats.add("reward", r.mean(), n)
         self.stats.add("reward_std", r.view(-1, G).std(dim=1).mean(), n)
@@ -194,19 +209,20 @@ class GRPOTask:
                             world_size=dist.world_size, collate=lambda rows: [i for r in rows for i in r])
         return RolloutLoader(self, prompts, seed)
 
-    def count(self, batch: Any) -> int:
-        return batch["x"].shape[0]
+    def count(self, batch: RolloutBatch) -> int:
+        return batch.input_ids.shape[0]
 
-    def tokens(self, batch: Any) -> int:
-        return int((batch["x"] != self.pad_id).sum())
+    def tokens(self, batch: RolloutBatch) -> int:
+        return int((batch.input_ids != self.pad_id).sum())
 
     # -- loss -----------------------------------------------------------------------------------------------------
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
-        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
-        adv = batch["advantages"].to(self.device)[:, None]  # (N, 1)
+    def loss(self, model: torch.nn.Module, batch: RolloutBatch, loss_chunk: int) -> torch.Tensor:
+        b = batch.to(self.device)
+        x, y = b.input_ids, b.targets
+        adv = b.advantages[:, None]  # (N, 1)
         mask = (y != IGNORE_INDEX).float()  # (N, T)
         logp = sequence_logprobs(model, x, y, loss_chunk)  # (N, T)
-        old = batch["old_logp"].to(self.device) if "old_logp" in batch else logp.detach()
+        old = b.old_logp if b.old_logp is not None else logp.detach()
         ratio = torch.exp(logp - old)
         clipped = ratio.clamp(1.0 - self.grpo.epsilon, 1.0 + self.grpo.epsilon)
         per_token = -torch.min(ratio * adv, clipped * adv)

@@ -7,8 +7,11 @@ Decisions:
   loader samples from it and DPO/GRPO need a frozen copy as the reference; the trainer takes it through `model=`.
   On resume (`train.resume`) the trainer restores optimizer, loader and RNG state but not the weights of a model it
   was handed, so this module loads the resumed checkpoint's weights itself first.
-- The run config saved beside every checkpoint carries the starting checkpoint's model section, so the result loads
-  with `slm generate`/`slm chat` like any checkpoint; the posttrain section is saved next to it as posttrain.yaml.
+- The run config is resolved once, in `prepare` (`resolve_config`, a pure function: the caller's config is not
+  touched): the starting checkpoint's model section, and its tokenizer section when it carries its tokenizer. That
+  resolved config is the one every later step reads (`PostTrainContext.cfg`) and the one saved beside every
+  checkpoint, so the result loads with `slm generate`/`slm chat` like any checkpoint; the posttrain section is saved
+  next to it as posttrain.yaml.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import yaml
@@ -26,9 +29,10 @@ from ..config import RunConfig
 from ..errors import SlmError, atomic_write_text
 from ..models import CausalLM
 from ..tokenizer import Tokenizer
-from ..tokenizer.chat import ChatFormatter
+from ..tokenizer.chat_template import ChatFormatter
 from .. import checkpoint as ckpt
 from ..runtime import DistInfo, init_distributed
+from ..train.task import Task
 from .config import PostTrainConfig
 from .data import BadExamples
 
@@ -57,7 +61,7 @@ class PostTrainContext:
         return ref.eval()
 
 
-def _build_sft(ctx: PostTrainContext) -> Any:
+def _build_sft(ctx: PostTrainContext) -> Task:
     from .data import load_conversations, split_holdout
     from .sft import SFTTask
 
@@ -75,7 +79,7 @@ def _conversations(ctx: PostTrainContext, load: Callable, split: Callable) -> tu
     return split(train, ctx.post.val_fraction, key=lambda e: e.ids)
 
 
-def _build_dpo(ctx: PostTrainContext) -> Any:
+def _build_dpo(ctx: PostTrainContext) -> Task:
     from .data import load_preferences, split_holdout
     from .dpo import DPOTask
 
@@ -84,7 +88,7 @@ def _build_dpo(ctx: PostTrainContext) -> Any:
                    autocast_dtype=ctx.autocast_dtype)
 
 
-def _build_kd(ctx: PostTrainContext) -> Any:
+def _build_kd(ctx: PostTrainContext) -> Task:
     from .data import load_conversations, split_holdout
     from .distill import KDTask, load_teacher
 
@@ -104,7 +108,7 @@ def _build_kd(ctx: PostTrainContext) -> Any:
                   autocast_dtype=ctx.autocast_dtype, cache=cache)
 
 
-def _build_grpo(ctx: PostTrainContext) -> Any:
+def _build_grpo(ctx: PostTrainContext) -> Task:
     from .data import load_prompts, split_holdout
     from .grpo import GRPOTask
 
@@ -121,13 +125,21 @@ def _build_grpo(ctx: PostTrainContext) -> Any:
                     pad_id=ctx.tokenizer.pad_id, autocast_dtype=ctx.autocast_dtype)
 
 
-METHODS: dict[str, Callable[[PostTrainContext], Any]] = {
+METHODS: dict[str, Callable[[PostTrainContext], Task]] = {
     "sft": _build_sft, "dpo": _build_dpo, "kd": _build_kd, "grpo": _build_grpo,
 }
 
 
+def resolve_config(cfg: RunConfig, start_cfg: RunConfig, *, start_has_tokenizer: bool) -> RunConfig:
+    """The run config a post-training run reads and saves: the starting checkpoint's model (a fine-tune cannot change
+    the architecture) and, when the checkpoint carries its tokenizer, that tokenizer's section (so the saved config
+    describes the tokenizer the run really used); everything else as given."""
+    tokenizer = start_cfg.tokenizer if start_has_tokenizer else cfg.tokenizer
+    return dataclasses.replace(cfg, model=start_cfg.model, tokenizer=tokenizer)
+
+
 def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None) -> PostTrainContext:
-    """Load the starting checkpoint, its tokenizer and the chat formatter; fix the run config's model section."""
+    """Load the starting checkpoint, its tokenizer and the chat formatter; resolve the run config (`ctx.cfg`)."""
     from ..runtime import resolve_precision
 
     if not post.init_from:
@@ -136,20 +148,13 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
     dist = dist or init_distributed(cfg.run.device)
     start = ckpt.resolve_checkpoint(post.init_from)
     model, start_cfg = ckpt.load_model(start, device=dist.device)
-    cfg.model = start_cfg.model
+    tokenizer = ckpt.load_tokenizer_of(start)
+    cfg = resolve_config(cfg, start_cfg, start_has_tokenizer=tokenizer is not None)
     resume = ckpt.resume_path(cfg)
     if resume is not None:
         model.load_state_dict(ckpt.load_state_dict(resume))
-    tokenizer = ckpt.load_tokenizer_of(start)
-    if tokenizer is not None:
-        cfg.tokenizer = start_cfg.tokenizer  # the saved config then describes the tokenizer the run really used
-    else:
-        from ..pipeline import build_tokenizer
-
-        if cfg.tokenizer.kind == "bpe":
-            raise SlmError(f"{start}: checkpoint has no tokenizer/; set --tokenizer.kind=pretrained "
-                           f"--tokenizer.path=... (or byte)")
-        tokenizer = build_tokenizer(cfg, progress=False)
+    if tokenizer is None:
+        tokenizer = _build_tokenizer(cfg, start)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise SlmError(f"{start}: tokenizer has {tokenizer.vocab_size} ids but the model only "
                        f"{cfg.model.vocab_size}; use the tokenizer the model was trained with")
@@ -160,6 +165,16 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
                             BadExamples(post.on_bad_example))
 
 
+def _build_tokenizer(cfg: RunConfig, start: Path) -> Tokenizer:
+    """The configured tokenizer, for a starting checkpoint that carries none."""
+    from ..stages import build_tokenizer
+
+    if cfg.tokenizer.kind == "bpe":
+        raise SlmError(f"{start}: checkpoint has no tokenizer/; set --tokenizer.kind=pretrained "
+                       f"--tokenizer.path=... (or byte)")
+    return build_tokenizer(cfg, progress=False)
+
+
 def run_posttrain(method: str, cfg: RunConfig, post: PostTrainConfig, *, progress: bool = True,
                   dist: DistInfo | None = None) -> dict:
     """Train with `method` (sft | dpo | kd | grpo); returns a summary (also written to <run dir>/summary.json)."""
@@ -168,6 +183,7 @@ def run_posttrain(method: str, cfg: RunConfig, post: PostTrainConfig, *, progres
     if method not in METHODS:
         raise SlmError(f"unknown post-training method {method!r}; choose one of {', '.join(METHODS)}")
     ctx = prepare(cfg, post, dist)
+    cfg = ctx.cfg  # resolved once; from here on the only config
     if ctx.tokenizer is not None and ctx.formatter.template != ctx.tokenizer.chat_template:
         ctx.tokenizer.chat_template = ctx.formatter.template  # saved checkpoints chat with the template trained on
     task = METHODS[method](ctx)

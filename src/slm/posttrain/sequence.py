@@ -9,7 +9,7 @@ Decisions:
 - Padding is per batch, to the longest row (not to seq_len): small SFT batches of short chats waste far less compute.
   Right padding is exact under causal attention (real tokens never see the pads) and pads carry no loss.
 - Packing concatenates whole examples, never splitting one, and keeps them apart with a block-diagonal causal mask and
-  per-document RoPE positions (`Transformer.forward(doc_ids=, position_ids=)`), so the packed loss equals the unpacked
+  per-document RoPE positions (`CausalLM.forward(doc_ids=, position_ids=)`), so the packed loss equals the unpacked
   loss (tested); it goes through the model's own forward, so it works under DDP and torch.compile too.
 - Per-token log-probs (DPO, GRPO) are computed from hidden states in row chunks under activation checkpointing, so a
   49k-vocab model never holds (B, T, V) fp32 logits for backward — the same reason `chunked_cross_entropy` exists.
@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import SlmError
 from ..models import IGNORE_INDEX
 from ..checkpoint import unwrap
+from ..train.task import Batch
 
 Row = list[int]  # example indices in one row
 
@@ -99,19 +100,21 @@ def shift_example(ids: Sequence[int], mask: Sequence[bool]) -> tuple[list[int], 
     return x, y
 
 
-def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (inputs, targets) pairs to the longest: x (B, T) with pad_id, y (B, T) with IGNORE_INDEX."""
+def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+    """Right-pad (inputs, targets) pairs to the longest: input_ids (B, T) with pad_id, targets (B, T) with
+    IGNORE_INDEX."""
     width = max(len(x) for x, _ in seqs)
     x_out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     y_out = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
     for r, (x, y) in enumerate(seqs):
         x_out[r, :len(x)] = torch.tensor(x, dtype=torch.long)
         y_out[r, :len(y)] = torch.tensor(y, dtype=torch.long)
-    return x_out, y_out
+    return Batch(input_ids=x_out, targets=y_out)
 
 
-def packed_batch(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows of several (inputs, targets) documents -> x, y, doc (document index, -1 = padding), pos (per document)."""
+def packed_batch(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: int) -> Batch:
+    """Rows of several (inputs, targets) documents -> a packed Batch: doc_ids (document index, -1 = padding) and
+    position_ids (restarting at 0 in each document)."""
     B = len(rows)
     x = torch.full((B, width), pad_id, dtype=torch.long)
     y = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
@@ -127,12 +130,15 @@ def packed_batch(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_
             pos[r, at:at + n] = torch.arange(n)
             at += n
         pos[r, at:] = torch.arange(width - at)  # pads: harmless positions, attending only to pads
-    return {"x": x, "y": y, "doc": doc, "pos": pos}
+    return Batch(input_ids=x, targets=y, doc_ids=doc, position_ids=pos)
 
 
-def packed_hidden(model: torch.nn.Module, x: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Final normalised hidden states (B, T, C) of packed rows, with document masking and per-document positions."""
-    return model(x, doc_ids=doc, position_ids=pos, return_hidden=True)
+def batch_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Final normalised hidden states (B, T, C) of a padded batch, or of packed rows with document masking and
+    per-document positions. `batch` must already be on the model's device."""
+    if batch.packed:
+        return model(batch.input_ids, doc_ids=batch.doc_ids, position_ids=batch.position_ids, return_hidden=True)
+    return model(batch.input_ids, return_hidden=True)
 
 
 def _target_logprobs(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -164,7 +170,7 @@ def sequence_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 class RunningStats:
     """Weighted running means of named training statistics, kept twice: read (and reset) at each eval, and per
-    optimizer step by `Task.step_metrics` (for a trainer that logs per-step task metrics)."""
+    optimizer step by `Task.step_metrics` (which the trainer logs with every step)."""
 
     def __init__(self) -> None:
         self.buckets: dict[str, tuple[dict[str, float], dict[str, float]]] = {

@@ -1,21 +1,20 @@
 """Supervised fine-tuning as a `Task` for the one trainer: chat-rendered conversations, loss on assistant tokens only.
 
 Decisions:
-- Conversations are rendered and masked once, up front (`slm.tokenizer.chat`), so a bad example fails before step 1
-  and every step is pure tensor work.
+- Conversations are rendered and masked once, up front (`slm.tokenizer.chat_template`), so a bad example fails
+  before step 1 and every step is pure tensor work.
 - The loss is the SUMMED next-token cross-entropy over assistant tokens, and `count` is the number of those tokens, so
   the trainer's normalisation gives the per-token mean over the whole global batch (TRL's default too). Short and
   long replies then weigh by their tokens, and grad accumulation equals a larger batch exactly.
-- Two batch layouts, both exact: padded (rows padded to the longest in the batch) and packed (`posttrain.packing`:
-  rows of up to seq_len tokens holding several whole conversations, kept apart by document masking). Packing wastes no
-  compute on pads; padding needs nothing from the model. See `slm.posttrain.sequence`.
+- Two batch layouts, both exact and both a `Batch`: padded (rows padded to the longest in the batch) and packed
+  (`posttrain.packing`: rows of up to seq_len tokens holding several whole conversations, kept apart by document
+  masking). Packing wastes no compute on pads; padding needs nothing from the model. See `slm.posttrain.sequence`.
 - Evaluation is the per-assistant-token loss and perplexity on held-out conversations (padded; no grad).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -23,11 +22,12 @@ from ..config import PhaseConfig, RunConfig
 from ..models import CausalLM, IGNORE_INDEX, chunked_cross_entropy
 from ..checkpoint import unwrap
 from ..runtime import DistInfo
+from ..train.task import Batch, Task
 from .data import Example
-from .sequence import RowLoader, pack_rows, packed_batch, packed_hidden, pad_batch, shift_example
+from .sequence import RowLoader, batch_hidden, pack_rows, packed_batch, pad_batch, shift_example
 
 
-class SFTTask:
+class SFTTask(Task):
     """Assistant-only cross-entropy on chat examples, padded or packed."""
 
     def __init__(self, train: list[Example], val: list[Example], cfg: RunConfig, *, pad_id: int,
@@ -39,10 +39,10 @@ class SFTTask:
         self._shifted = [shift_example(e.ids, e.mask) for e in train]
 
     # -- batches --------------------------------------------------------------------------------------------------
-    def collate_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate_padded(self, rows: list[list[int]]) -> Batch:
         return pad_batch([self._shifted[i] for r in rows for i in r], self.pad_id)
 
-    def collate_packed(self, rows: list[list[int]], width: int) -> dict[str, torch.Tensor]:
+    def collate_packed(self, rows: list[list[int]], width: int) -> Batch:
         return packed_batch([[self._shifted[i] for i in r] for r in rows], width, self.pad_id)
 
     def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> RowLoader:
@@ -55,30 +55,24 @@ class SFTTask:
                          world_size=dist.world_size, plan=lambda order: pack_rows(lengths, order, phase.seq_len),
                          collate=lambda rows: self.collate_packed(rows, phase.seq_len))
 
-    @staticmethod
-    def _targets(batch: Any) -> torch.Tensor:
-        return batch["y"] if isinstance(batch, dict) else batch[1]
+    def count(self, batch: Batch) -> int:
+        return batch.target_count()
 
-    def count(self, batch: Any) -> int:
-        return int((self._targets(batch) != IGNORE_INDEX).sum())
-
-    def tokens(self, batch: Any) -> int:
-        x = batch["x"] if isinstance(batch, dict) else batch[0]
-        return int((x != self.pad_id).sum()) if not isinstance(batch, dict) else int((batch["doc"] >= 0).sum())
+    def tokens(self, batch: Batch) -> int:
+        if batch.packed:
+            return int((batch.doc_ids >= 0).sum())
+        return int((batch.input_ids != self.pad_id).sum())
 
     # -- loss -----------------------------------------------------------------------------------------------------
-    def hidden(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final hidden (B, T, C), aligned targets (B, T)) of a padded or packed batch."""
-        if isinstance(batch, dict):
-            b = {k: v.to(self.device) for k, v in batch.items()}
-            return packed_hidden(model, b["x"], b["doc"], b["pos"]), b["y"]
-        x, y = (t.to(self.device) for t in batch)
-        return model(x, return_hidden=True), y
+    def hidden(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden (B, T, C), aligned targets (B, T)) of a padded or packed batch, on the task's device."""
+        b = batch.to(self.device)
+        return batch_hidden(model, b), b.targets
 
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor:
-        if not isinstance(batch, dict):
-            x, y = (t.to(self.device) for t in batch)
-            return model(x, targets=y, loss_chunk=loss_chunk)
+    def loss(self, model: torch.nn.Module, batch: Batch, loss_chunk: int) -> torch.Tensor:
+        if not batch.packed:
+            b = batch.to(self.device)
+            return model(b.input_ids, targets=b.targets, loss_chunk=loss_chunk)
         hidden, y = self.hidden(model, batch)
         return chunked_cross_entropy(hidden, unwrap(model).output_weight, y, chunk=loss_chunk, reduction="sum")
 
@@ -97,7 +91,8 @@ class SFTTask:
                 for b, s in enumerate(range(0, len(shifted), bs)):
                     if max_batches and b >= max_batches:
                         break
-                    x, y = (t.to(self.device) for t in pad_batch(shifted[s:s + bs], self.pad_id))
+                    batch = pad_batch(shifted[s:s + bs], self.pad_id).to(self.device)
+                    x, y = batch.input_ids, batch.targets
                     if autocast is not None:
                         with autocast:
                             total += float(model(x, targets=y, loss_chunk=self.cfg.train.loss_chunk))

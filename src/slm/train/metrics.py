@@ -57,8 +57,9 @@ def measure_gemm_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[in
     """
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        gen = torch.Generator(device=device).manual_seed(0)  # never the global RNG: a resumed run's RNG is restored
+        a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        b = torch.randn(n, n, device=device, generator=gen).to(dtype)
         a @ b  # warm-up (oneDNN/cuBLAS kernel selection)
         for _ in range(reps):
             if device.type == "cuda":

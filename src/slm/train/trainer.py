@@ -1,15 +1,21 @@
-"""The one training loop — pretraining and every post-training method run through `train()`.
+"""The one training loop: pretraining and every post-training method run through `Trainer` (façade: `train()`).
 
-What varies between methods is a `Task`: it makes the (resumable, rank-aware) batch iterator of a phase, counts the
-loss targets of a batch and returns the summed loss of a batch. The loop owns everything else: curriculum phases,
-gradient accumulation, precision, clipping, non-finite skipping, the lr schedule, eval, samples, checkpoints, resume,
-metrics and progress.
+What varies between methods is a `Task` (slm.train.task): it makes the (resumable, rank-aware) batch iterator of a
+phase, counts the loss targets of a batch and returns the summed loss of a batch. The trainer owns everything else:
+curriculum phases, gradient accumulation, precision, clipping, non-finite skipping, the lr schedule, eval, samples,
+checkpoints, resume, metrics and progress. It is split into short methods with one job each — `step()` (one
+optimizer step), `maybe_eval()`, `maybe_sample()`, `maybe_checkpoint()`, `log_step()` — and the process layout (DDP
+today) is `slm.train.parallel`'s, so the loop never learns it either.
 
 Decisions:
 - Loss normalisation: each optimizer step divides the summed loss by the number of targets in the whole global batch
   (all micro-batches, all ranks), counted before the forward passes. So 4 x 2 accumulation equals 1 x 8 exactly up to
   float summation order, also when micro-batches hold different numbers of targets (SFT masks), and DDP's gradient
   averaging is undone by a world-size factor.
+- Auxiliary losses (`Task.aux_loss`, by default the model's `aux_losses()`, e.g. an MoE balance loss) are per-batch
+  means: each is multiplied by its micro-batch's target count before that normalisation, so it enters the gradient as
+  the target-weighted mean over the step. The logged `loss` is the task's loss alone; each aux loss is logged as
+  `aux_<name>` (the same weighted mean). Without aux losses (every current model) the step is bitwise unchanged.
 - A step whose loss or grad norm is not finite is skipped: its gradients are dropped, its batches are consumed, the
   step counter (and so the lr schedule) does not advance. It is logged with kind="skip", and the run aborts after
   `max_skipped_steps` consecutive skips instead of spinning forever.
@@ -29,7 +35,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -42,23 +48,9 @@ from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, resol
 from .hostmem import retain_freed_memory
 from .metrics import MetricsLogger, peak_flops
 from .optim import build_optimizer
+from .parallel import parallelize
 from .schedule import lr_multiplier
-
-
-class ResumableIterator(Protocol):
-    def __iter__(self) -> Iterator[Any]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class Task(Protocol):
-    """What a training method supplies to the loop."""
-
-    def loader(self, phase: PhaseConfig, dist: DistInfo, seed: int) -> ResumableIterator: ...
-    def count(self, batch: Any) -> int: ...  # loss targets in a batch (the normaliser)
-    def loss(self, model: torch.nn.Module, batch: Any, loss_chunk: int) -> torch.Tensor: ...  # summed loss
-    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict: ...  # val metrics (may be {})
-    def tokens(self, batch: Any) -> int: ...  # tokens processed (throughput)
+from .task import ResumableIterator, Task
 
 
 @dataclass
@@ -130,206 +122,309 @@ def _check_fresh_run_dir(cfg: RunConfig, dist: DistInfo) -> None:
     barrier(dist)
 
 
-def _global_tokens(task: Task, micro: list, dist: DistInfo) -> int:
-    n = torch.tensor(float(sum(task.count(b) for b in micro)), dtype=torch.float64)
-    return int(all_reduce_sum(n, dist).item())
+def _check_init_from(cfg: RunConfig, init: Path) -> None:
+    init_cfg = ckpt.load_config(init).model.architecture_fields()
+    mine = cfg.model.architecture_fields()
+    bad = [k for k in sorted(set(init_cfg) | set(mine)) if init_cfg.get(k) != mine.get(k)]
+    if bad:
+        raise SlmError(f"--train.init_from={init}: its model differs in {', '.join(bad)}; use its config")
+
+
+def resolve_train_config(cfg: RunConfig, device: torch.device) -> RunConfig:
+    """The run config as trained: `--train.compile=auto` replaced by what it chose (so config.yaml records it)."""
+    if cfg.train.compile != "auto":
+        return cfg
+    chosen = "true" if resolve_compile(cfg.train, device) else "false"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=chosen))
+
+
+@dataclass
+class TrainState:
+    """The loop's own part of a checkpoint (trainer_state.pt, next to RNG and scaler states)."""
+
+    step: int = 0  # optimizer steps done
+    phase: int = 0  # curriculum phase the loader state belongs to
+    loader: dict | None = None  # data position inside that phase (None: the phase was finished)
+    best_val: float = math.inf
+    best_path: str | None = None
+    tokens: int = 0  # tokens trained on, all ranks
+
+    def restore(self, saved: dict) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in saved:
+                setattr(self, f.name, saved[f.name])
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step reports to the log."""
+
+    loss: float  # the task's loss, mean per target of the global batch
+    grad_norm: float
+    tokens: int  # tokens of the global batch
+    aux: dict[str, float]  # aux_<name> -> target-weighted mean of that auxiliary loss
+
+
+class Trainer:
+    """Builds (or resumes) everything a run needs on construction; `fit()` trains it to the last step."""
+
+    def __init__(self, cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: CausalLM | None = None,
+                 dist: DistInfo | None = None, progress: bool = True,
+                 sample_fn: Callable[[CausalLM, int], list[str]] | None = None) -> None:
+        self.dist = dist = dist or init_distributed(cfg.run.device)
+        _tune_cpu(cfg, dist)
+        self.cfg = cfg = resolve_train_config(cfg, dist.device)
+        self.tc = tc = cfg.train
+        self.task, self.tokenizer, self.progress, self.sample_fn = task, tokenizer, progress, sample_fn
+        self.run_dir = cfg.run_dir()
+        self.autocast_dtype, use_scaler = resolve_precision(tc.precision, dist.device)
+        self.resume_from = ckpt.resume_path(cfg)
+        if self.resume_from is not None:
+            _check_same_model(cfg, self.resume_from)
+        else:
+            _check_fresh_run_dir(cfg, dist)
+        self.model = self._build_model(model)
+        self.optimizer = build_optimizer(self.model, tc)
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.phases = tc.phase_list()
+        self.bounds = [sum(p.steps for p in self.phases[: i + 1]) for i in range(len(self.phases))]  # last step of each
+        self.total_steps = self.bounds[-1]
+        self.state = TrainState()
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self.parallel = parallelize(torch.compile(self.model) if tc.compile == "true" else self.model, dist)
+        self.logger = self._open_logger()
+        if dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.peak = peak_flops(dist.device, self.autocast_dtype or torch.float32)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.autocast = (torch.autocast(dist.device.type, dtype=self.autocast_dtype)
+                         if self.autocast_dtype is not None else contextlib.nullcontext())
+        self.rates: list[float] = []  # tokens/s of each step
+        self.skipped = self.consecutive_skips = 0
+        self.last_eval: dict = {}
+        self.last_eval_step = -1
+        self.last_checkpoint: Path | None = None
+        self.bar: tqdm | None = None
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+    def _build_model(self, model: CausalLM | None) -> CausalLM:
+        """The given model as is, else a fresh one with the resumed (or --train.init_from) weights."""
+        tc = self.tc
+        if model is None:
+            model = init_model(self.cfg.model, self.dist.device, self.cfg.run.seed)
+            init = self.resume_from or (Path(tc.init_from) if tc.init_from else None)
+            if init is not None:
+                if self.resume_from is None:
+                    _check_init_from(self.cfg, init)
+                model.load_state_dict(ckpt.load_state_dict(init))
+        model.to(self.dist.device)
+        model.gradient_checkpointing = tc.activation_checkpointing
+        model.train()
+        return model
+
+    def _restore(self, path: Path) -> None:
+        """Optimizer, loop state, RNG and grad-scaler state of a checkpoint (the weights are already loaded)."""
+        opt_state, saved = ckpt.load_training_state(path)
+        try:
+            self.optimizer.load_state_dict(opt_state)
+        except ValueError as exc:
+            raise SlmError(f"{path}: optimizer state does not match --train.optimizer ({exc})") from None
+        self.state.restore(saved)
+        torch.set_rng_state(saved["rng_cpu"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+
+    def _open_logger(self) -> MetricsLogger:
+        tc, main = self.tc, self.dist.is_main
+        wandb = {"project": tc.wandb_project, "name": self.cfg.run.name, "config": self.cfg.to_dict()}
+        return MetricsLogger(self.run_dir, enabled=main, tensorboard=tc.tensorboard,
+                             wandb_cfg=wandb if tc.wandb and main else None,
+                             resume_step=self.state.step if self.resume_from is not None else None)
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def _every(self, interval: int) -> bool:
+        return bool(interval) and self.state.step % interval == 0
+
+    def fit(self) -> TrainResult:
+        """Train every phase from where the state stands to the last step; returns history and checkpoints."""
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True,
+                        disable=not (self.progress and self.dist.is_main), desc=self.cfg.run.name)
+        try:
+            for index, phase in enumerate(self.phases):
+                if self.state.step < self.bounds[index]:
+                    self.run_phase(index, phase)
+        finally:
+            self.task.close()
+            self.bar.close()
+            self.logger.close()
+        return self.result()
+
+    def run_phase(self, index: int, phase: PhaseConfig) -> None:
+        loader = self.task.loader(phase, self.dist, self.cfg.run.seed + index)
+        if self.state.loader is not None and self.state.phase == index:
+            loader.load_state_dict(self.state.loader)
+        batches = iter(loader)
+        flops_per_token = self.model.flops_per_token(phase.seq_len)
+        while self.state.step < self.bounds[index]:
+            t0 = time.perf_counter()
+            stats = self.step(batches)
+            if stats is None:
+                continue
+            self.log_step(stats, time.perf_counter() - t0, flops_per_token, index, phase)
+            self.maybe_eval(phase)
+            self.maybe_sample()
+            self.maybe_checkpoint(index, phase, loader)
+        self.task.close()  # stop the loader's threads before the next phase builds its own
+
+    # -- one optimizer step -----------------------------------------------------------------------------------------
+    def step(self, batches: Iterator[Any]) -> StepStats | None:
+        """One optimizer step over `grad_accum` micro-batches; None when it was skipped as non-finite."""
+        tc = self.tc
+        mult = lr_multiplier(self.state.step, self.total_steps, kind=tc.schedule, warmup_steps=tc.warmup_steps,
+                             min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
+        self.optimizer.set_lr_multiplier(mult)
+        micro = [next(batches) for _ in range(tc.grad_accum)]
+        loss, aux = self.forward_backward(micro)
+        grad_norm = self.clip_gradients()
+        tokens = sum(self.task.tokens(b) for b in micro) * self.dist.world_size
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.skip(loss, grad_norm)
+            return None
+        self.consecutive_skips = 0
+        self.optimizer_step()
+        self.state.step += 1
+        self.state.tokens += tokens
+        return StepStats(loss=loss, grad_norm=grad_norm, tokens=tokens, aux=aux)
+
+    def forward_backward(self, micro: list[Any]) -> tuple[float, dict[str, float]]:
+        """Accumulate the gradients of the micro-batches; returns the step's loss and aux losses (per target)."""
+        counts = [self.task.count(b) for b in micro]
+        total = torch.tensor(float(sum(counts)), dtype=torch.float64)
+        n_targets = max(int(all_reduce_sum(total, self.dist).item()), 1)
+        scale = self.dist.world_size / n_targets  # undoes DDP's averaging over ranks
+        module = self.parallel.module
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        aux_sums: dict[str, torch.Tensor] = {}
+        for i, (batch, count) in enumerate(zip(micro, counts)):
+            with self.parallel.micro_batch(last=i == len(micro) - 1):
+                with self.autocast:
+                    summed = self.task.loss(module, batch, self.tc.loss_chunk)
+                    aux = self.task.aux_loss(module)
+                objective = summed
+                for name, value in aux.items():  # per-batch means: weighted by targets to survive the normalisation
+                    objective = objective + value * count
+                    aux_sums[name] = aux_sums.get(name, 0.0) + value.detach().double() * count
+                loss = objective * scale
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += summed.detach().double()
+        loss_val = all_reduce_sum(loss_sum, self.dist).item() / n_targets
+        aux_vals = {f"aux_{k}": all_reduce_sum(v, self.dist).item() / n_targets for k, v in sorted(aux_sums.items())}
+        return loss_val, aux_vals
+
+    def clip_gradients(self) -> float:
+        """Unscale (mixed precision), clip to --train.grad_clip (0 = only measure); the global grad norm."""
+        if self.scaler is not None:
+            for opt in self.optimizer.optimizers.values():
+                self.scaler.unscale_(opt)
+        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+
+    def optimizer_step(self) -> None:
+        if self.scaler is not None:
+            for opt in self.optimizer.optimizers.values():
+                self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def skip(self, loss: float, grad_norm: float) -> None:
+        """Drop a non-finite step's gradients; abort after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        self.skipped += 1
+        self.consecutive_skips += 1
+        self.logger.log("skip", self.state.step, loss=loss, grad_norm=grad_norm)
+        if self.consecutive_skips > self.tc.max_skipped_steps:
+            raise SlmError(f"{self.consecutive_skips} consecutive non-finite steps at step {self.state.step}; lower "
+                           f"--train.lr or use --train.precision=fp32")
+
+    # -- after a step -----------------------------------------------------------------------------------------------
+    def log_step(self, stats: StepStats, seconds: float, flops_per_token: float, index: int,
+                 phase: PhaseConfig) -> None:
+        step = self.state.step
+        tok_s = stats.tokens / seconds
+        self.rates.append(tok_s)
+        mfu = flops_per_token * tok_s / (self.peak * self.dist.world_size)
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = dict(loss=stats.loss, lr=lr, grad_norm=stats.grad_norm, tok_per_s=tok_s, mfu=mfu,
+                      tokens=self.state.tokens, seq_len=phase.seq_len, phase=index, **stats.aux)
+        record.update(self.task.step_metrics())  # method-specific (DPO rewards, GRPO rewards)
+        if self._every(self.tc.log_every) or step == self.total_steps or step == 1:
+            self.logger.log("train", step, **record)
+        else:
+            self.logger.history.append({"kind": "train", "step": step, **record})
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
+                             refresh=False)
+
+    def evaluate(self, phase: PhaseConfig) -> dict:
+        seq = self.cfg.eval.seq_len or phase.seq_len
+        metrics = self.task.evaluate(self.model, seq, self.tc.eval_batches)
+        if metrics:
+            self.logger.log("eval", self.state.step, **metrics)
+        return metrics
+
+    def maybe_eval(self, phase: PhaseConfig) -> None:
+        if self._every(self.tc.eval_every) or self.state.step == self.total_steps:
+            self.last_eval, self.last_eval_step = self.evaluate(phase), self.state.step
+
+    def maybe_sample(self) -> None:
+        if self.sample_fn is None or not self._every(self.tc.sample_every) or not self.dist.is_main:
+            return
+        for text in self.sample_fn(self.model, self.state.step):
+            self.logger.log("sample", self.state.step, text=text)
+            self.bar.write(f"[step {self.state.step}] {text!r}")
+
+    def maybe_checkpoint(self, index: int, phase: PhaseConfig, loader: ResumableIterator) -> None:
+        step = self.state.step
+        if not (self._every(self.tc.checkpoint_every) or step == self.total_steps):
+            return
+        val = self.last_eval if self.last_eval_step == step else self.evaluate(phase)
+        self.save_checkpoint(index, loader.state_dict() if step < self.bounds[index] else None, val)
+
+    def save_checkpoint(self, index: int, loader_state: dict | None, val: dict) -> Path:
+        """Save everything resume needs (all ranks wait); keeps the last `keep_last` and the best by val loss."""
+        st = self.state
+        path = self.run_dir / "checkpoints" / f"step_{st.step:06d}"
+        val_loss = val.get("loss", math.inf) if val else math.inf
+        if val_loss < st.best_val:
+            st.best_val, st.best_path = val_loss, str(path)
+        trainer_state = {"step": st.step, "phase": index, "loader": loader_state, "best_val": st.best_val,
+                         "best_path": st.best_path, "tokens": st.tokens, "rng_cpu": torch.get_rng_state(),
+                         "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        if self.dist.is_main:
+            ckpt.save_checkpoint(path, model=self.model, config=self.cfg, tokenizer=self.tokenizer,
+                                 optimizer_state=self.optimizer.state_dict(), trainer_state=trainer_state,
+                                 extra_meta={"val": val})
+            ckpt.prune_checkpoints(self.run_dir, self.tc.keep_last, Path(st.best_path) if st.best_path else None)
+        barrier(self.dist)
+        self.last_checkpoint = path
+        return path
+
+    def result(self) -> TrainResult:
+        steady = self.rates[len(self.rates) // 5:] or self.rates  # the first steps include warm-up and compiling
+        best = self.state.best_path
+        return TrainResult(step=self.state.step, history=self.logger.history, final_eval=self.last_eval,
+                           checkpoint=self.last_checkpoint, best_checkpoint=Path(best) if best else None,
+                           tok_per_s=statistics.median(steady) if steady else 0.0, skipped_steps=self.skipped)
 
 
 def train(cfg: RunConfig, task: Task, *, tokenizer: Any = None, model: CausalLM | None = None,
           dist: DistInfo | None = None, progress: bool = True,
           sample_fn: Callable[[CausalLM, int], list[str]] | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns the history and where the checkpoints went."""
-    dist = dist or init_distributed(cfg.run.device)
-    device = dist.device
-    _tune_cpu(cfg, dist)
-    tc = cfg.train
-    compile_model = resolve_compile(tc, device)
-    if tc.compile == "auto":  # the run's config.yaml records what auto chose
-        tc = dataclasses.replace(tc, compile="true" if compile_model else "false")
-        cfg = dataclasses.replace(cfg, train=tc)
-    run_dir = cfg.run_dir()
-    autocast_dtype, use_scaler = resolve_precision(tc.precision, device)
-
-    resume_from = ckpt.resume_path(cfg)
-    if resume_from is not None:
-        _check_same_model(cfg, resume_from)
-    else:
-        _check_fresh_run_dir(cfg, dist)
-    if model is None:
-        model = init_model(cfg.model, device, cfg.run.seed)
-        init = resume_from or (Path(tc.init_from) if tc.init_from else None)
-        if init is not None:
-            if resume_from is None:
-                init_cfg = ckpt.load_config(init).model.architecture_fields()
-                mine = cfg.model.architecture_fields()
-                bad = [k for k in set(init_cfg) | set(mine) if init_cfg.get(k) != mine.get(k)]
-                if bad:
-                    raise SlmError(f"--train.init_from={init}: its model differs in {', '.join(bad)}; use its config")
-            model.load_state_dict(ckpt.load_state_dict(init))
-    model.to(device)
-    model.gradient_checkpointing = tc.activation_checkpointing
-    model.train()
-    optimizer = build_optimizer(model, tc)
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
-    phases = tc.phase_list()
-    bounds = [sum(p.steps for p in phases[: i + 1]) for i in range(len(phases))]
-    total_steps = bounds[-1]
-    state: dict[str, Any] = {"step": 0, "phase": 0, "loader": None, "best_val": math.inf, "best_path": None,
-                             "tokens": 0}
-    if resume_from is not None:
-        opt_state, saved = ckpt.load_training_state(resume_from)
-        try:
-            optimizer.load_state_dict(opt_state)
-        except ValueError as exc:
-            raise SlmError(f"{resume_from}: optimizer state does not match --train.optimizer ({exc})") from None
-        state.update({k: saved[k] for k in state if k in saved})
-        torch.set_rng_state(saved["rng_cpu"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-
-    train_model: torch.nn.Module = model
-    if compile_model:
-        train_model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # The model's buffers (RoPE tables, causal bias) are constants every rank builds alike: no per-step broadcast.
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                          broadcast_buffers=False)
-
-    logger = MetricsLogger(run_dir, enabled=dist.is_main, tensorboard=tc.tensorboard,
-                           wandb_cfg={"project": tc.wandb_project, "name": cfg.run.name, "config": cfg.to_dict()}
-                           if tc.wandb and dist.is_main else None,
-                           resume_step=state["step"] if resume_from is not None else None)
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    peak = peak_flops(device, autocast_dtype or torch.float32)
-    params = [p for p in model.parameters() if p.requires_grad]
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-
-    step = state["step"]
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and dist.is_main), unit="step",
-               dynamic_ncols=True, desc=cfg.run.name)
-    rates: list[float] = []
-    consecutive_skips = skipped = 0
-    last_eval: dict = {}
-    last_eval_step = -1
-    last_ckpt: Path | None = None
-
-    def do_eval(phase: PhaseConfig) -> dict:
-        seq = cfg.eval.seq_len or phase.seq_len
-        metrics = task.evaluate(model, seq, tc.eval_batches)
-        if metrics:
-            logger.log("eval", step, **metrics)
-        return metrics
-
-    def do_checkpoint(phase_idx: int, loader_state: dict | None, val: dict) -> Path:
-        nonlocal last_ckpt
-        path = run_dir / "checkpoints" / f"step_{step:06d}"
-        val_loss = val.get("loss", math.inf) if val else math.inf
-        if val_loss < state["best_val"]:
-            state["best_val"], state["best_path"] = val_loss, str(path)
-        trainer_state = {"step": step, "phase": phase_idx, "loader": loader_state, "best_val": state["best_val"],
-                         "best_path": state["best_path"], "tokens": state["tokens"], "rng_cpu": torch.get_rng_state(),
-                         "scaler": scaler.state_dict() if scaler is not None else None}
-        if dist.is_main:
-            ckpt.save_checkpoint(path, model=model, config=cfg, tokenizer=tokenizer,
-                                 optimizer_state=optimizer.state_dict(), trainer_state=trainer_state,
-                                 extra_meta={"val": val})
-            ckpt.prune_checkpoints(run_dir, tc.keep_last, Path(state["best_path"]) if state["best_path"] else None)
-        barrier(dist)
-        last_ckpt = path
-        return path
-
-    try:
-        for phase_idx, phase in enumerate(phases):
-            if step >= bounds[phase_idx]:
-                continue
-            loader = task.loader(phase, dist, cfg.run.seed + phase_idx)
-            if state["loader"] is not None and state["phase"] == phase_idx:
-                loader.load_state_dict(state["loader"])
-            batches = iter(loader)
-            flops_per_token = model.flops_per_token(phase.seq_len)
-            while step < bounds[phase_idx]:
-                t0 = time.perf_counter()
-                mult = lr_multiplier(step, total_steps, kind=tc.schedule, warmup_steps=tc.warmup_steps,
-                                     min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
-                optimizer.set_lr_multiplier(mult)
-                micro = [next(batches) for _ in range(tc.grad_accum)]
-                n_targets = max(_global_tokens(task, micro, dist), 1)
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                for i, batch in enumerate(micro):
-                    sync_ctx = (train_model.no_sync() if dist.enabled and i < len(micro) - 1
-                                else contextlib.nullcontext())
-                    with sync_ctx:
-                        with autocast:
-                            summed = task.loss(train_model, batch, tc.loss_chunk)
-                        loss = summed * (dist.world_size / n_targets)
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                    loss_sum += summed.detach().double()
-                loss_val = all_reduce_sum(loss_sum, dist).item() / n_targets
-                if scaler is not None:
-                    for opt in optimizer.optimizers.values():
-                        scaler.unscale_(opt)
-                gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-                gnorm_val = float(gnorm)
-                tokens = sum(task.tokens(b) for b in micro) * dist.world_size
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.update()
-                    skipped += 1
-                    consecutive_skips += 1
-                    logger.log("skip", step, loss=loss_val, grad_norm=gnorm_val)
-                    if consecutive_skips > tc.max_skipped_steps:
-                        raise SlmError(f"{consecutive_skips} consecutive non-finite steps at step {step}; lower "
-                                       f"--train.lr or use --train.precision=fp32")
-                    continue
-                consecutive_skips = 0
-                if scaler is not None:
-                    for opt in optimizer.optimizers.values():
-                        scaler.step(opt)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                state["tokens"] += tokens
-                dt = time.perf_counter() - t0
-                tok_s = tokens / dt
-                rates.append(tok_s)
-                mfu = flops_per_token * tok_s / (peak * dist.world_size)
-                lr = optimizer.param_groups[0]["lr"]
-                record = dict(loss=loss_val, lr=lr, grad_norm=gnorm_val, tok_per_s=tok_s, mfu=mfu,
-                              tokens=state["tokens"], seq_len=phase.seq_len, phase=phase_idx)
-                step_metrics = getattr(task, "step_metrics", None)  # method-specific (DPO rewards, GRPO rewards)
-                if step_metrics is not None:
-                    record.update(step_metrics())
-                if step % tc.log_every == 0 or step == total_steps or step == 1:
-                    logger.log("train", step, **record)
-                else:
-                    logger.history.append({"kind": "train", "step": step, **record})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
-                                refresh=False)
-                last = step == total_steps
-                if (tc.eval_every and step % tc.eval_every == 0) or last:
-                    last_eval, last_eval_step = do_eval(phase), step
-                if sample_fn is not None and tc.sample_every and step % tc.sample_every == 0 and dist.is_main:
-                    for text in sample_fn(model, step):
-                        logger.log("sample", step, text=text)
-                        bar.write(f"[step {step}] {text!r}")
-                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or last:
-                    val = last_eval if last_eval_step == step else do_eval(phase)
-                    do_checkpoint(phase_idx, loader.state_dict() if step < bounds[phase_idx] else None, val)
-            if hasattr(loader, "close"):
-                loader.close()  # stop its prefetch thread before the next phase builds a new loader
-    finally:
-        bar.close()
-        logger.close()
-    steady = rates[len(rates) // 5:] or rates
-    return TrainResult(step=step, history=logger.history, final_eval=last_eval, checkpoint=last_ckpt,
-                       best_checkpoint=Path(state["best_path"]) if state["best_path"] else None,
-                       tok_per_s=statistics.median(steady) if steady else 0.0, skipped_steps=skipped)
+    return Trainer(cfg, task, tokenizer=tokenizer, model=model, dist=dist, progress=progress,
+                   sample_fn=sample_fn).fit()

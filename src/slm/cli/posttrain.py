@@ -1,8 +1,9 @@
 """`slm sft | dpo | distill generate | distill kd | grpo | chat`: recipe + `--section.key=value` overrides.
 
-`register(sub)` adds the subcommands to the `slm` parser's sub-parsers (slm.cli calls it). Each recipe is an ordinary
-run recipe plus a `posttrain:` section (see `slm.posttrain.config`); `--help` lists both sets of keys. Handlers import
-torch lazily, raise SlmError for anything the user can fix, and print a short summary.
+`register(sub)` adds the subcommands to the `slm` parser's sub-parsers (`slm.cli.app`'s command table). Each recipe
+is an ordinary run recipe plus a `posttrain:` section (see `slm.posttrain.config`); `--help` lists both sets of keys.
+Handlers import torch lazily, raise SlmError for anything the user can fix, and print a short summary; the methods
+themselves (`slm.posttrain`) print nothing, and the terminal chat lives beside this module (`slm.cli.chat`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import SlmError
+from .recipe import add_recipe_command, format_config_keys
 
 _RUN_SECTIONS = ("--run.", "--train.", "--eval.", "--sample.")
 
@@ -20,35 +22,29 @@ _RUN_SECTIONS = ("--run.", "--train.", "--eval.", "--sample.")
 @functools.lru_cache(maxsize=1)
 def _epilog() -> str:
     from ..config import config_help
-    from .config import PostTrainConfig
+    from ..posttrain.config import PostTrainConfig
 
     rows = config_help(PostTrainConfig, "posttrain.") + [r for r in config_help() if r[0].startswith(_RUN_SECTIONS)]
-    width = max(len(r[0]) for r in rows)
-    lines = ["config keys (override with --section.key=value; the model is the starting checkpoint's):"]
-    lines += [f"  {flag:<{width}}  {comment} [default {default}]" for flag, default, comment in rows]
-    return "\n".join(lines)
+    return format_config_keys(rows, "config keys (override with --section.key=value; the model is the starting "
+                                    "checkpoint's):")
 
 
 def _parser(sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
             recipe_required: bool = True) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", nargs=None if recipe_required else "?",
-                   help="YAML recipe (see recipes/posttrain-*.yaml); overrides follow as --section.key=value")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(fn=fn, takes_overrides=True)
-    return p
+    return add_recipe_command(sub, name, fn, help_text, epilog=_epilog(), recipe_required=recipe_required,
+                              recipe_help="YAML recipe (see recipes/posttrain-*.yaml); overrides follow as "
+                                          "--section.key=value")
 
 
 def _load(args: argparse.Namespace):
-    from .config import load_posttrain_config
+    from ..posttrain.config import load_posttrain_config
 
     return load_posttrain_config(args.recipe, getattr(args, "overrides", None) or [])
 
 
 def _train(method: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        from .run import run_posttrain
+        from ..posttrain.run import run_posttrain
 
         cfg, post = _load(args)
         summary = run_posttrain(method, cfg, post, progress=not args.quiet)
@@ -76,8 +72,8 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_distill_generate(args: argparse.Namespace) -> int:
     from ..runtime import resolve_device
-    from .data import BadExamples
-    from .distill import generate_responses
+    from ..posttrain.data import BadExamples
+    from ..posttrain.distill import generate_responses
 
     cfg, post = _load(args)
     bad = BadExamples(post.on_bad_example)
@@ -89,9 +85,9 @@ def cmd_distill_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ..tokenizer.chat import ChatFormatter
     from .. import checkpoint as ckpt
     from ..runtime import resolve_device
+    from ..tokenizer.chat_template import ChatFormatter
     from .chat import run_chat
 
     cfg, post = _load(args)

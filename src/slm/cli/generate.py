@@ -2,6 +2,8 @@
 
 --prompt-file holds one prompt per line (a .jsonl file: one {"prompt": ...} object per line); --output-file receives
 one JSON object per generated sample: {"prompt", "sample", "completion"} — written to a temp file and renamed.
+The library side (`slm.generate`) works on token ids and knows no terminal; text in and out, streaming to stdout and
+the interactive loop (`slm.cli.repl`) are this package's.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import SlmError, atomic_path
-from .sampling import SamplingConfig
+from ..config import SamplingConfig
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +59,7 @@ def _read_prompts(path: str) -> list[str]:
 def run_generate(args: argparse.Namespace) -> int:
     from .. import checkpoint as ckpt
     from ..runtime import resolve_device
-    from .engine import generate
+    from ..generate.engine import generate
     from .repl import TextStreamer, run_repl
 
     cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -96,3 +99,10 @@ def run_generate(args: argparse.Namespace) -> int:
         for r in records:
             print(f"--- sample {r['sample']} ---\n{r['prompt']}{r['completion']}")
     return 0
+
+
+def add_generate(sub: Any) -> None:
+    gen = sub.add_parser("generate", help="Sample text from a checkpoint (streams to the terminal)",
+                         description="Sample from a checkpoint: --prompt, --prompt-file/--output-file or --interactive")
+    add_generate_args(gen)
+    gen.set_defaults(fn=run_generate)

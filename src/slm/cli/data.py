@@ -1,19 +1,25 @@
-"""Command-line entry points of the data pipeline: `slm data prepare <data recipe>.yaml` and `slm data upload`.
+"""`slm data prepare | stats | upload`: turn a corpus into token shards, describe it, publish it.
 
-`cli.py` owns the parser; a YAML with a top-level `sources:` key is a data-pipeline recipe (`slm.data.pipeline`) and is
-dispatched here, any other YAML is a run recipe for the one-pass `prepare_dataset`. Overrides use the same
-`--section.key=value` grammar as run recipes (`--executor.workers=2`, `--mix.total_tokens=1e9`).
+`slm data prepare` takes two kinds of YAML. One with a top-level `sources:` key is a data-pipeline recipe
+(`slm.data.pipeline`, the datatrove DAG: clean, dedup, mix, pack) and runs here with its own `--section.key=value`
+overrides (`--executor.workers=2`, `--mix.total_tokens=1e9`); any other YAML is a run recipe, whose tokenizer and
+data stages (`slm.stages`) run alone. The library functions return reports; printing them is this module's job.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
+
+from ..errors import SlmError
+from .recipe import add_recipe_command, load_run_cfg
 
 
 def is_data_recipe(path: str | Path) -> bool:
     """True when the YAML file has a top-level `sources:` key (a data-pipeline recipe)."""
-    from slm.config import read_yaml
+    from ..config import read_yaml
 
     return "sources" in read_yaml(path)
 
@@ -47,7 +53,7 @@ def format_report(report: dict) -> str:
 
 def run_data_recipe(path: str, overrides: list[str], out: str | None) -> dict:
     """Run (or resume) the pipeline of a data recipe; `out` overrides the recipe's output folder. Prints a summary."""
-    from slm.data.pipeline import load_data_recipe, run_data_pipeline
+    from ..data.pipeline import load_data_recipe, run_data_pipeline
 
     recipe = load_data_recipe(path, overrides)
     if out:
@@ -61,8 +67,39 @@ def run_data_recipe(path: str, overrides: list[str], out: str | None) -> dict:
     return report
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from ..data.stats import dataset_stats, format_stats
+    from ..stages import stage_data, stage_tokenizer
+    from ..tokenizer import load_tokenizer
+
+    if args.recipe and is_data_recipe(args.recipe):  # top-level `sources:`: the datatrove pipeline (recipes/data/)
+        run_data_recipe(args.recipe, args.overrides + (["--progress=false"] if args.quiet else []), args.out or None)
+        return 0
+    if not args.out:
+        raise SlmError("slm data prepare: --out DIR is required for a run recipe")
+    cfg = load_run_cfg(args)
+    out = Path(args.out)
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    else:
+        tok = stage_tokenizer(cfg, out.parent / f"{out.name}.tokenizer", not args.quiet)
+    stage_data(cfg, tok, out, progress=not args.quiet)
+    print(format_stats(dataset_stats(str(out))))
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from ..data.stats import dataset_stats, format_stats
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    stats = dataset_stats(args.path, tokenizer=tok)
+    print(json.dumps(stats, indent=2, default=str) if args.json else format_stats(stats))
+    return 0
+
+
 def cmd_data_upload(args: argparse.Namespace) -> int:
-    from slm.data.upload import upload_dataset
+    from ..data.upload import upload_dataset
 
     where = upload_dataset(args.folder, args.target, private=args.private, revision=args.revision,
                            message=args.message)
@@ -82,3 +119,18 @@ def register_upload(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", default="", help="commit message")
     p.set_defaults(fn=cmd_data_upload)
 
+
+def add_data(sub: Any) -> None:
+    data = sub.add_parser("data", help="Data commands").add_subparsers(dest="sub", metavar="SUB", required=True)
+    add_recipe_command(data, "prepare", cmd_data_prepare, "Tokenize and pack a recipe's corpus into token shards",
+                       out={"default": "", "help": "output folder for shards + manifest.json (data recipes: default "
+                            "from the recipe's out:)"},
+                       tokenizer={"default": "", "help": "existing tokenizer (dir or tokenizer.json); default: build "
+                                  "the recipe's tokenizer next to --out"})
+    st = data.add_parser("stats", help="Documents, bytes, tokens, bytes/token and length distribution",
+                         description="Statistics of a prepared dataset dir, or of raw inputs with --tokenizer")
+    st.add_argument("path", help="prepared dataset dir, or a text/jsonl/parquet file or folder")
+    st.add_argument("--tokenizer", default="", help="tokenizer for token counts of raw inputs")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(fn=cmd_data_stats)
+    register_upload(data)

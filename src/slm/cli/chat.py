@@ -8,7 +8,7 @@ Decisions:
 - When the conversation no longer fits the context window with room for a reply, the oldest user/assistant exchange is
   dropped (the system message stays) and the user is told; if the last message alone is too long, the engine keeps
   its most recent tokens.
-- Streaming and sampling commands are the REPL's (`slm.generate.repl`): `TextStreamer` for UTF-8-safe streaming, and
+- Streaming and sampling commands are the REPL's (`slm.cli.repl`): `TextStreamer` for UTF-8-safe streaming, and
   `/temp /topk /topp /max`; chat adds `/reset` (forget the conversation) and `/system TEXT`.
 - `input_fn`/`print_fn` are injectable so a scripted session is a test (Ctrl-D/`/quit` end it; Ctrl-C ends a reply).
 """
@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..errors import SlmError
-from ..generate.engine import generate
-from ..generate.repl import TextStreamer, _apply_command
 from ..config import SamplingConfig
-from ..tokenizer.chat import ChatFormatter, Message
+from ..generate.engine import generate
+from ..tokenizer.chat_template import ChatFormatter, Message
+from .repl import TextStreamer, apply_command
 
 HELP = """\
 Chat with the model. Commands:
@@ -99,7 +99,7 @@ def run_chat(model: nn.Module, formatter: ChatFormatter, cfg: SamplingConfig, *,
             print_fn(HELP)
             continue
         if text.startswith("/"):
-            cfg, message = _apply_command(text, cfg)
+            cfg, message = apply_command(text, cfg)
             print_fn(message)
             continue
         if any(tok in line for tok in formatter.specials):

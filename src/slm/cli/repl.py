@@ -1,4 +1,4 @@
-"""Interactive completion loop and incremental detokenisation for streaming output.
+"""`slm generate --interactive`: the completion REPL, and incremental detokenisation for streaming to a terminal.
 
 Decisions:
 - Streaming text from token ids is not "decode each token": a byte-level BPE token can hold half of a UTF-8 character,
@@ -7,7 +7,8 @@ Decisions:
   U+FFFD (an incomplete UTF-8 sequence that the next token will probably finish). Re-decoding is O(n^2) in the reply
   length, which is nothing next to a forward pass for replies of a few thousand tokens.
 - At the end, `finish()` emits whatever is left, including a real U+FFFD for bytes that never became valid.
-- The REPL is a completion prompt (the model continues your text); chat templates belong to `slm.tokenizer.chat`.
+- The REPL is a completion prompt (the model continues your text); chat templates belong to
+  `slm.tokenizer.chat_template`, the terminal chat to `slm.cli.chat`.
   Sampling settings change with slash commands that rebuild the `SamplingConfig`, so its validation is the only
   validation, and a bad value prints that one-line message instead of ending the session.
 - Each generation in a session uses seed `cfg.seed + n` (n = generations so far): asking the same thing twice gives a
@@ -25,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import torch.nn as nn
 
 from ..errors import SlmError
-from .engine import generate
-from .sampling import SamplingConfig
+from ..config import SamplingConfig
+from ..generate.engine import generate
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -99,7 +100,7 @@ def _settings_line(cfg: SamplingConfig) -> str:
             f"max_new_tokens={cfg.max_new_tokens}")
 
 
-def _apply_command(line: str, cfg: SamplingConfig) -> tuple[SamplingConfig, str]:
+def apply_command(line: str, cfg: SamplingConfig) -> tuple[SamplingConfig, str]:
     """Run a slash command: (new config, message to print). Bad input leaves `cfg` unchanged."""
     name, _, arg = line.partition(" ")
     arg = arg.strip()
@@ -166,7 +167,7 @@ def run_repl(model: nn.Module, tokenizer: TextTokenizer, cfg: SamplingConfig, *,
         if stripped in ("/quit", "/exit"):
             return
         if stripped.startswith("/"):
-            cfg, message = _apply_command(stripped, cfg)
+            cfg, message = apply_command(stripped, cfg)
             print_fn(message)
             continue
         prompt = tokenizer.encode(line)

@@ -4,7 +4,7 @@ import pytest
 
 from slm.errors import SlmError
 from slm.tokenizer import byte_tokenizer
-from slm.tokenizer.chat import ChatFormatter, message_problem, render_conversation
+from slm.tokenizer.chat_template import ChatFormatter, message_problem, render_conversation
 
 CONV = [
     {"role": "system", "content": "Be brief."},

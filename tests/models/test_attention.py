@@ -1,4 +1,4 @@
-"""The dense causal attention of compiled CPU training (slm.model.attention) computes what SDPA computes."""
+"""The dense causal attention of compiled CPU training (slm.models.layers.attention) computes what SDPA computes."""
 
 from __future__ import annotations
 

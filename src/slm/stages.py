@@ -1,8 +1,12 @@
-"""`slm run`: a recipe's whole pipeline — tokenizer, data, pretraining, eval, samples, HF export, report.
+"""A recipe's stages, in order: tokenizer -> data -> train -> eval -> samples -> export -> report (`slm run`).
 
 Each stage writes into the run directory and is skipped on a re-run when its output exists and was made from the same
 settings (a stamp file holds a hash of the config section and inputs that produced it), so a crashed or extended run
 does not redo the tokenizer or the packing. Under torchrun only rank 0 prepares; the others wait at a barrier.
+
+The config is resolved once, by pure functions that return a new `RunConfig` (`resolve_init_checkpoint` before the
+tokenizer stage, `resolve_vocab` as soon as the tokenizer exists); no stage edits it, every later stage reads that one
+object, and it is what `config.yaml` in the run dir records. (The datatrove DAG of data recipes is `slm.data.pipeline`.)
 """
 
 from __future__ import annotations
@@ -131,17 +135,26 @@ def make_sample_fn(cfg: RunConfig, tokenizer, max_new_tokens: int | None = None)
     return sample
 
 
-def adopt_init_checkpoint(cfg: RunConfig) -> None:
-    """With --train.init_from, the model and tokenizer come from that checkpoint (fine-tuning keeps its architecture)."""
+def resolve_init_checkpoint(cfg: RunConfig) -> RunConfig:
+    """With --train.init_from, the model and tokenizer come from that checkpoint (fine-tuning keeps its architecture).
+
+    Returns a new config: `train.init_from` as the resolved checkpoint dir, that checkpoint's model section, and its
+    tokenizer (kind=pretrained) when it has one. Without --train.init_from, `cfg` itself."""
     if not cfg.train.init_from:
-        return
+        return cfg
     from . import checkpoint as ckpt
 
     path = ckpt.resolve_checkpoint(cfg.train.init_from)
-    cfg.train.init_from = str(path)
-    cfg.model = ckpt.load_config(path).model
+    tokenizer = cfg.tokenizer
     if (path / "tokenizer").is_dir():
-        cfg.tokenizer = dataclasses.replace(cfg.tokenizer, kind="pretrained", path=str(path / "tokenizer"))
+        tokenizer = dataclasses.replace(tokenizer, kind="pretrained", path=str(path / "tokenizer"))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(path)),
+                               model=ckpt.load_config(path).model, tokenizer=tokenizer)
+
+
+def resolve_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """A new config whose model section has the tokenizer's vocabulary size (see `slm.models.with_vocab`)."""
+    return dataclasses.replace(cfg, model=with_vocab(cfg.model, vocab_size))
 
 
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None = None) -> dict:
@@ -159,7 +172,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    adopt_init_checkpoint(cfg)
+    cfg = resolve_init_checkpoint(cfg)
     t = time.perf_counter()
     if dist.is_main:
         stage_tokenizer(cfg, run_dir / "tokenizer", progress)
@@ -177,7 +190,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     dataset = TokenDataset(str(data_dir))
     timings["data_s"] = time.perf_counter() - t
 
-    cfg.model = with_vocab(cfg.model, tokenizer.vocab_size)
+    cfg = resolve_vocab(cfg, tokenizer.vocab_size)  # resolved: every stage from here on reads this one object
     dataset.check_vocab(cfg.model.vocab_size)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slm.config import load_run_config
-from slm.pipeline import run_pipeline
+from slm.stages import run_pipeline
 
 
 def _cfg(run_dir, corpus, *extra):

@@ -1,0 +1,55 @@
+"""`slm export hf` and `slm import hf`: a checkpoint to a transformers folder and back (or from a .gguf file).
+
+The file formats and the name mapping live in `slm.export.hf` and each architecture's adapter; this module only maps
+flags to arguments. `--dtype` takes the choices of the config's `Dtype` Literal, so it and `--export.dtype` agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Any
+
+
+def _dtypes() -> list[str]:
+    from ..config import Dtype
+
+    return list(typing.get_args(Dtype))
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from ..checkpoint import resolve_checkpoint
+    from ..export.hf import export_hf
+
+    out = export_hf(resolve_checkpoint(args.checkpoint), args.out, dtype=args.dtype)
+    print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained('{out}'))")
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from ..export.hf import import_hf
+
+    out = import_hf(args.src, args.out, dtype=args.dtype)
+    print(f"imported {args.src} -> slm checkpoint {out}")
+    return 0
+
+
+def add_export(sub: Any) -> None:
+    exp = sub.add_parser("export", help="Export a checkpoint").add_subparsers(dest="sub", metavar="FORMAT",
+                                                                              required=True)
+    eh = exp.add_parser("hf", help="HF transformers folder (safetensors + config.json + tokenizer)",
+                        description="Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads")
+    eh.add_argument("out", help="output folder")
+    eh.add_argument("--checkpoint", required=True, help="checkpoint dir (or a run dir)")
+    eh.add_argument("--dtype", default="float32", choices=_dtypes())
+    eh.set_defaults(fn=cmd_export_hf)
+
+
+def add_import(sub: Any) -> None:
+    imp = sub.add_parser("import", help="Import a model").add_subparsers(dest="sub", metavar="FORMAT", required=True)
+    ih = imp.add_parser("hf", help="HF Llama-family folder (or a .gguf file) -> slm checkpoint",
+                        description="Turn an HF Llama-family directory (e.g. SmolLM2) into an slm checkpoint")
+    ih.add_argument("src", help="HF model folder with config.json + safetensors, or a .gguf file")
+    ih.add_argument("out", help="output checkpoint dir")
+    ih.add_argument("--dtype", default="float32", choices=_dtypes())
+    ih.set_defaults(fn=cmd_import_hf)

@@ -1,0 +1,89 @@
+"""`slm run | train | tokenizer train | report`: a pretraining recipe's stages (`slm.stages`) from the terminal.
+
+`slm train` is `slm run` without the HF export: it adds `--export.hf=false` after the user's overrides, so the config
+is still resolved in one place (`slm.config`) and the saved config.yaml says what ran. The handlers import torch and
+the stages lazily so that `slm --help` stays instant, and print a short summary of what the stages returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .recipe import add_recipe_command, load_run_cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..stages import run_pipeline
+
+    summary = run_pipeline(load_run_cfg(args), progress=not args.quiet)
+    if "val" in summary:
+        print_summary(summary)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..stages import run_pipeline
+
+    summary = run_pipeline(load_run_cfg(args, "--export.hf=false"), progress=not args.quiet)
+    if "val" in summary:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    val = summary.get("val") or {}
+    print("\n=== samples ===")
+    for text in summary.get("samples", []):
+        print(text.rstrip(), "\n---")
+    t = summary.get("timings", {})
+    print("=== result ===")
+    if val:
+        print(f"val loss {val['loss']:.4f} | val bpb {val['bpb']:.4f} | ppl {val['perplexity']:.2f} | "
+              f"acc {val['accuracy']:.3f} | top5 {val['top5_accuracy']:.3f}")
+    print(f"train tok/s (median) {summary['tok_per_s']:,.0f} | steps {summary['steps']} | "
+          f"total {t.get('total_s', 0):.1f}s (tokenizer {t.get('tokenizer_s', 0):.1f}s, data {t.get('data_s', 0):.1f}s,"
+          f" train {t.get('train_s', 0):.1f}s)")
+    print(f"run dir {summary['run_dir']} | report {summary.get('report')} | hf export {summary.get('hf_dir')}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from ..errors import atomic_dir
+    from ..stages import build_tokenizer
+
+    tok = build_tokenizer(load_run_cfg(args), progress=not args.quiet)
+    with atomic_dir(args.out) as tmp:
+        tok.save(tmp)
+    print(f"tokenizer: vocab {tok.vocab_size}, saved to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def add_run(sub: Any) -> None:
+    add_recipe_command(sub, "run", cmd_run, "Run a recipe's whole pipeline: tokenizer, data, train, eval, samples, "
+                       "HF export, report")
+
+
+def add_train(sub: Any) -> None:
+    add_recipe_command(sub, "train", cmd_train, "Train (preparing tokenizer and data first when missing); resume "
+                       "with --train.resume=auto")
+
+
+def add_tokenizer(sub: Any) -> None:
+    tok = sub.add_parser("tokenizer", help="Tokenizer commands").add_subparsers(dest="sub", metavar="SUB",
+                                                                                required=True)
+    add_recipe_command(tok, "train", cmd_tokenizer_train, "Train/build the recipe's tokenizer and save it",
+                       out={"required": True, "help": "output folder (tokenizer.json + HF config files)"})
+
+
+def add_report(sub: Any) -> None:
+    rep = sub.add_parser("report", help="(Re)write a run's report.md with plots",
+                         description="Rebuild report.md and plots/ of a run directory from its metrics")
+    rep.add_argument("run_dir")
+    rep.set_defaults(fn=cmd_report)
