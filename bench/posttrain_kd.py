@@ -33,7 +33,7 @@ def make_student() -> None:
     cfg.tokenizer.kind, cfg.tokenizer.path = "pretrained", str((STUDENT / "tokenizer").resolve())
     model = build_model(cfg.model)
     model.reset_parameters(seed=0)
-    save_checkpoint(STUDENT, model=model, config=cfg, tokenizer=tok)
+    save_checkpoint(STUDENT, model=model, config=cfg, tokenizer=tok, overwrite=True)  # its own scratch student
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ TARGETS = {
     "train_throughput": [("ratio_fp32", ">=", 3.0), ("ratio_bf16", ">=", 2.0), ("mfu_bf16", ">=", 0.5)],
     "decode": [("ratio_b1", ">=", 3.0)],
     "memory": [("ratio", "<=", 0.6)],
+    "serve": [("ratio_16", ">=", 4.0)],
 }
 
 

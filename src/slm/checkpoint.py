@@ -10,13 +10,28 @@ Layout of `step_000100/`:
   meta.json            format tag, step, and size + sha256 of every file above — written last; a checkpoint without
                        it, or whose files differ from it, is reported as truncated with the fix
 A training checkpoint holds all of these; a model-only checkpoint (e.g. from `slm import hf`) omits the two .pt files.
+
+Trust: a checkpoint is built in a hidden temp dir (`.step_000100.XXXX.tmp`), every file and directory is fsynced,
+meta.json is written and fsynced last, and only then is the directory renamed into place; so a listed checkpoint
+(`step_*` with a meta.json) is complete after any crash. Loading checks every file's size and sha256 against meta.json
+(`verify_checkpoint`, default on for load_model / load_state_dict / load_training_state / resume). sha256 runs at
+0.9-1.9 GB/s on this machine's CPU (SHA-NI; the lower figure while other jobs load both cores), i.e. 0.3-0.6 s for
+a 135M-parameter fp32 model (0.54 GB); a resume also hashes the AdamW state: `python bench/checkpoint.py` measured
+load 5.1 s hashed vs 0.9 s sizes-only for smollm2-135m's 1.6 GB checkpoint at load average ~6 on 2 cores. Each file
+is hashed once per process (cached by path, size and mtime), so load_config + load_model + resume hash once.
+Pruning renames a checkpoint to a hidden `.step_N.*.deleting` name before deleting it, so a kill mid-prune never
+leaves a listed, half-deleted checkpoint; `clean_stale` removes such leftovers and the temp dirs of killed saves when
+a run starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, load_saved_config, save_config
-from .errors import SlmError, atomic_dir
+from .errors import SlmError, atomic_dir, fsync_path, loads_json, os_errors
 from .models import CausalLM, build_model
 
 FORMAT = "slm-checkpoint-v1"
@@ -50,14 +65,30 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def params_finite(model: torch.nn.Module) -> bool:
+    """True when every parameter and buffer of `model` is finite (one fused reduction per dtype group)."""
+    tensors = [t for t in unwrap(model).state_dict().values() if t.is_floating_point()]
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors)  # inf/nan anywhere makes that tensor's norm non-finite
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: RunConfig, tokenizer: Any = None,
                     optimizer_state: dict | None = None, trainer_state: dict | None = None,
-                    extra_meta: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically. `tokenizer` is a slm Tokenizer (with .save) or a folder to copy."""
+                    extra_meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a checkpoint directory atomically. `tokenizer` is a slm Tokenizer (with .save) or a folder to copy.
+
+    An existing `path` is replaced only with `overwrite` and only when slm wrote it (`slm.errors.atomic_dir`). A model
+    with a non-finite weight is refused (SlmError): such a checkpoint could only poison a resume."""
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    with atomic_dir(path) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise SlmError(f"{path}: not saved — weights {', '.join(bad[:3])} hold inf/nan; lower --train.lr or resume "
+                       f"from an earlier checkpoint")
+    with os_errors("writing checkpoint", path), atomic_dir(path, overwrite=overwrite, kind="checkpoint") as tmp:
+        _write_file(tmp / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}), path)
         save_config(config, tmp / "config.yaml")
         if tokenizer is not None:
             if hasattr(tokenizer, "save"):
@@ -65,18 +96,45 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: RunConf
             else:
                 shutil.copytree(tokenizer, tmp / "tokenizer")
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
+            _write_file(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f), path)
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer_state.pt")
+            _write_file(tmp / "trainer_state.pt", lambda f: torch.save(trainer_state, f), path)
         files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {"format": FORMAT, "step": (trainer_state or {}).get("step"), "files": files, **(extra_meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        for name in files:  # everything the manifest lists is on disk before the manifest is
+            fsync_path(tmp / name)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: a dir without it is incomplete
+    _VERIFIED.pop(str(path.resolve()), None)
     return path
 
 
-def verify_checkpoint(path: str | Path, *, full_hash: bool = False) -> dict:
-    """Check the directory is a complete slm checkpoint; return its meta. Raises SlmError naming what is wrong."""
+def _write_file(path: Path, write: Any, dest: Path) -> None:
+    """Run a library writer on `path` (inside the temp dir of checkpoint `dest`); torch and safetensors report a full
+    disk as a RuntimeError without errno ("unexpected pos ..."), named here with the free space."""
+    try:
+        write(str(path))
+    except RuntimeError as exc:
+        free = shutil.disk_usage(path.parent).free
+        raise SlmError(f"{dest}: writing {path.name} failed ({str(exc).splitlines()[0][:120]}); {free / 2**20:,.0f} "
+                       f"MiB free on that disk — free space or write elsewhere") from None
+
+
+# (resolved dir) -> ((name, size, mtime_ns) of meta.json and each listed file): what was hashed already
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _fingerprint(path: Path, names: list[str]) -> tuple:
+    out = []
+    for name in ["meta.json", *names]:
+        st = (path / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def verify_checkpoint(path: str | Path, *, full_hash: bool = True) -> dict:
+    """Check the directory is a complete slm checkpoint whose files match meta.json (sizes, and sha256 unless
+    `full_hash=False`); return its meta. Raises SlmError naming what is wrong."""
     path = Path(path)
     fix = "re-save it, or resume from an earlier checkpoint"
     if not path.is_dir():
@@ -85,17 +143,28 @@ def verify_checkpoint(path: str | Path, *, full_hash: bool = False) -> dict:
     if not meta_file.is_file():
         raise SlmError(f"{path}: incomplete checkpoint (no meta.json; the save was interrupted?); {fix}")
     try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = loads_json(meta_file.read_bytes())
+    except (OSError, ValueError):
         raise SlmError(f"{meta_file}: corrupt checkpoint metadata; {fix}") from None
-    if meta.get("format") != FORMAT:
-        raise SlmError(f"{meta_file}: not an {FORMAT} checkpoint (format={meta.get('format')!r})")
-    for name, info in meta["files"].items():
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise SlmError(f"{meta_file}: not an {FORMAT} checkpoint (format={fmt!r})")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("bytes"), int)
+                                              and isinstance(v.get("sha256"), str) for v in files.values()):
+        raise SlmError(f"{meta_file}: corrupt checkpoint metadata (bad file list); {fix}")
+    for name, info in files.items():
         f = path / name
         if not f.is_file() or f.stat().st_size != info["bytes"]:
             raise SlmError(f"{f}: truncated or missing checkpoint file (expected {info['bytes']} bytes); {fix}")
-        if full_hash and _sha256(f) != info["sha256"]:
-            raise SlmError(f"{f}: checksum mismatch (corrupt checkpoint file); {fix}")
+    if full_hash:
+        key = str(path.resolve())
+        seen = _fingerprint(path, sorted(files))
+        if _VERIFIED.get(key) != seen:
+            for name, info in files.items():
+                if _sha256(path / name) != info["sha256"]:
+                    raise SlmError(f"{path / name}: checksum mismatch (corrupt checkpoint file); {fix}")
+            _VERIFIED[key] = seen
     return meta
 
 
@@ -105,6 +174,8 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a verified checkpoint (sizes and sha256 against meta.json; hashed once per process)."""
+    verify_checkpoint(path)
     f = Path(path) / "model.safetensors"
     try:
         return load_file(str(f))
@@ -161,24 +232,74 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in ckpt_root.glob("step_*") if (p / "meta.json").is_file())
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int, best: Path | None) -> None:
-    """Delete all but the newest `keep_last` checkpoints and the best one."""
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that no crash can leave it listed but incomplete: rename it to a hidden name first."""
+    if not path.is_dir():
+        return
+    doomed = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".deleting", dir=path.parent))
+    os.replace(path, doomed / path.name)  # atomic: from here on it is not a `step_*` any more
+    fsync_path(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, best: Path | None,
+                      protect: tuple[Path, ...] = ()) -> None:
+    """Delete all but the newest `keep_last` checkpoints, the best one and `protect` (e.g. the rollback target)."""
     ckpts = list_checkpoints(run_dir)
     keep = set(ckpts[-keep_last:]) if keep_last > 0 else set()
+    keep.update(Path(p) for p in protect)
     if best is not None:
         keep.add(Path(best))
     for p in ckpts:
         if p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+            remove_checkpoint(p)
 
 
-def resume_path(cfg: RunConfig) -> Path | None:
-    """The checkpoint `--train.resume` names: a path, "auto" = the run dir's latest (None when it has none), or None."""
+def clean_stale(run_dir: str | Path) -> list[str]:
+    """Remove what killed runs left in checkpoints/: temp dirs of interrupted saves (`.step_*.tmp`), checkpoints
+    caught mid-delete (`.step_*.deleting`, `.step_*.old`) and `step_*` dirs without meta.json (incomplete; an older
+    slm could leave them). Returns the names removed. Call only when no other process writes this run dir."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in sorted(root.iterdir()):
+        stale = (p.name.startswith(".step_") and p.name.endswith((".tmp", ".deleting", ".old"))) or (
+            p.name.startswith("step_") and p.is_dir() and not (p / "meta.json").is_file())
+        if stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def is_healthy(path: Path) -> str | None:
+    """None when checkpoint `path` verifies (sizes and sha256) and its weights are finite, else the reason."""
+    try:
+        verify_checkpoint(path)
+        state = load_state_dict(path)
+    except SlmError as exc:
+        return str(exc)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return f"{path}: weights {', '.join(bad[:3])} hold inf/nan" if bad else None
+
+
+def resume_path(cfg: RunConfig, warn: Any = None) -> Path | None:
+    """The checkpoint `--train.resume` names: a path, "auto" = the run dir's newest healthy one (None when it has
+    none), or None. "auto" passes over a checkpoint that fails its checksums or holds non-finite weights (an older
+    slm could save one), reporting each through `warn(message)`."""
     if not cfg.train.resume:
         return None
     if cfg.train.resume == "auto":
-        found = list_checkpoints(cfg.run_dir())
-        return found[-1] if found else None
+        for path in reversed(list_checkpoints(cfg.run_dir())):
+            reason = is_healthy(path)
+            if reason is None:
+                return path
+            if warn is not None:
+                warn(f"skipping checkpoint {path.name} for resume: {reason}")
+        return None
     return Path(cfg.train.resume)
 
 
@@ -199,6 +320,7 @@ def resolve_checkpoint(path: str | Path, prefer: str = "latest") -> Path:
 
 def _val_loss(path: Path) -> float | None:
     try:
-        return json.loads((path / "meta.json").read_text()).get("val", {}).get("loss")
-    except (OSError, json.JSONDecodeError):
+        loss = loads_json((path / "meta.json").read_bytes()).get("val", {}).get("loss")
+    except (OSError, ValueError, AttributeError):
         return None
+    return loss if isinstance(loss, (int, float)) and math.isfinite(loss) else None

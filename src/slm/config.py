@@ -9,6 +9,12 @@ resolved config is written beside every run and checkpoint (`config.yaml`); load
 from that file. A model section may name a preset (`model.preset: smollm2-135m`); its values fill every field the
 recipe did not set itself.
 
+Values are validated at this boundary, before any work: every section's `__post_init__` checks ranges and finiteness
+through `check_values` (one rule table per section: `--train.lr=nan`, `--train.phases=[{steps: -1}]`), a model
+config that its architecture's own checks cannot even evaluate (`n_heads=0`) is one line, and `check_run_config`
+holds the cross-field rules (a phase's seq_len <= model.max_seq_len), run by `load_run_config` (recipe + overrides),
+by the trainer, and again when a post-training run takes its model from a checkpoint.
+
 Hand-written rather than OmegaConf/Hydra: the whole need is ~150 lines, and those libraries bring their own override
 grammar and error messages that cannot name our flags the way users type them.
 """
@@ -16,6 +22,9 @@ grammar and error messages that cannot name our flags the way users type them.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import signal
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .choices import check_choice, check_choices
 from .errors import SlmError, atomic_write_text
 from .models import ARCHS, ModelConfig, get_arch, resolve_model_values
 
@@ -31,29 +41,32 @@ from .models import ARCHS, ModelConfig, get_arch, resolve_model_values
 Dtype = Literal["float32", "bfloat16", "float16"]  # weight dtypes of an export (`--export.dtype`, `slm export --dtype`)
 
 
-def literal_choices(cls: type) -> dict[str, tuple]:
-    """{field name: allowed values} for each `Literal[...]`-typed field of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
-            if typing.get_origin(hints[f.name]) is Literal}
+# A value rule: (predicate over the value, the rule in words). `check_values` applies a {field: rule} table.
+def _positive_int(v: Any) -> bool:
+    return v > 0
 
 
-def check_choice(value: Any, choices: tuple, flag: str) -> Any:
-    """`value` if it is one of `choices`, else the one-line error naming the flag and the choices.
-
-    YAML reads true/false/yes/no as booleans, so a boolean is taken as its lower-case name when that is a choice
-    (`compile: true` -> "true")."""
-    if isinstance(value, bool) and str(value).lower() in choices:
-        value = str(value).lower()
-    if isinstance(value, bool) or value not in choices:
-        raise SlmError(f"{flag}={value!r}: choose one of {', '.join(map(str, choices))}")
-    return value
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def check_choices(section: Any, name: str) -> None:
-    """Validate (and normalise, see `check_choice`) every Literal field of config section `section` (`--name.*`)."""
-    for key, choices in literal_choices(type(section)).items():
-        setattr(section, key, check_choice(getattr(section, key), choices, f"--{name}.{key}"))
+POSITIVE = (lambda v: _finite(v) and v > 0, "must be a finite number > 0")
+NON_NEGATIVE = (lambda v: _finite(v) and v >= 0, "must be a finite number >= 0")
+FRACTION = (lambda v: _finite(v) and 0 <= v <= 1, "must be in [0, 1]")
+UNIT_OPEN = (lambda v: _finite(v) and 0 <= v < 1, "must be in [0, 1)")
+FACTOR = (lambda v: _finite(v) and 0 < v <= 1, "must be in (0, 1]")
+
+
+def check_values(section: Any, name: str, rules: dict[str, tuple]) -> None:
+    """Raise the one-line error for the first field of `section` (`--name.*`) that breaks its rule."""
+    for key, (ok, rule) in rules.items():
+        value = getattr(section, key)
+        try:
+            good = bool(ok(value))
+        except TypeError:  # a Python caller passed a wrong type
+            good = False
+        if not good:
+            raise SlmError(f"--{name}.{key}={value!r}: {rule}")
 
 
 @dataclass(kw_only=True)
@@ -77,6 +90,9 @@ class SamplingConfig:
             (self.repetition_penalty > 0.0, "repetition_penalty", "must be > 0 (1.0 = off)"),
             (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
             (self.num_samples >= 1, "num_samples", "must be >= 1"),
+            (math.isfinite(self.temperature), "temperature", "must be finite"),
+            (math.isfinite(self.repetition_penalty), "repetition_penalty", "must be finite"),
+            (0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -91,6 +107,11 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in the same directory
 
+    def __post_init__(self) -> None:
+        check_values(self, "run", {"seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2**63)")})
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            raise SlmError(f"--run.device={self.device!r}: choose auto, cpu, cuda, cuda:N or mps")
+
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
@@ -103,6 +124,8 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "tokenizer")
+        check_values(self, "tokenizer", {"vocab_size": (_positive_int, "must be > 0"),
+                                         "min_frequency": NON_NEGATIVE, "max_train_bytes": NON_NEGATIVE})
         if self.kind == "pretrained" and not self.path:
             raise SlmError("--tokenizer.path: required when --tokenizer.kind=pretrained (a tokenizer.json or folder)")
 
@@ -120,8 +143,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "data")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise SlmError(f"--data.val_fraction={self.val_fraction}: must be in [0, 1)")
+        check_values(self, "data", {"val_fraction": UNIT_OPEN, "num_workers": NON_NEGATIVE})
 
 
 @dataclass(kw_only=True)
@@ -129,6 +151,10 @@ class PhaseConfig:
     seq_len: int  # context length of this phase
     steps: int  # optimizer steps in this phase
     batch_size: int = 0  # rows per micro-batch per process; 0 = train.batch_size
+
+    def __post_init__(self) -> None:
+        check_values(self, "train.phases[]", {"seq_len": (_positive_int, "must be > 0"),
+                                              "steps": (_positive_int, "must be > 0"), "batch_size": NON_NEGATIVE})
 
 
 @dataclass(kw_only=True)
@@ -168,13 +194,38 @@ class TrainConfig:
     wandb_project: str = "slm"
     resume: str = ""  # checkpoint dir to resume from; "auto" = the latest in the run dir
     init_from: str = ""  # start from this checkpoint's weights (fresh optimizer and step 0): fine-tuning
-    max_skipped_steps: int = 20  # abort after this many consecutive non-finite steps
+    max_skipped_steps: int = 20  # abort after this many consecutive non-finite or spiked steps
+    # training that heals (slm.train.guard); none of it changes a healthy run's trajectory
+    spike_zscore: float = 6.0  # skip a step whose loss is this many std above the running window's mean; 0 = off
+    spike_window: int = 100  # losses in the running window of the spike guard
+    spike_min_steps: int = 20  # accepted steps before the spike guard judges (the window needs a mean and std)
+    check_finite_every: int = 10  # every N steps check that all weights are finite after the update (0 = off)
+    rollback_after: int = 5  # reload the last good checkpoint after this many bad steps in a row; 0 = never
+    rollback_lr_factor: float = 0.5  # multiply the lr by this at each rollback (1 = keep it)
+    rollback_skip_data: bool = True  # after a rollback go on from the current data position (skip the bad window)
+    max_rollbacks: int = 3  # abort after this many rollbacks in one process
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # save + exit 128+N; [] = off
 
     def __post_init__(self) -> None:
         check_choices(self, "train")  # also turns a Python caller's compile=True/False into "true"/"false"
-        for key in ("steps", "batch_size", "seq_len", "grad_accum"):
-            if getattr(self, key) <= 0:
-                raise SlmError(f"--train.{key}={getattr(self, key)}: must be > 0")
+        positive_int = (_positive_int, "must be > 0")
+        count = (lambda v: v >= 0, "must be >= 0")
+        at_least_2 = (lambda v: v >= 2, "must be >= 2")
+        check_values(self, "train", {
+            "steps": positive_int, "batch_size": positive_int, "seq_len": positive_int, "grad_accum": positive_int,
+            "lr": POSITIVE, "muon_lr": POSITIVE, "muon_momentum": UNIT_OPEN, "weight_decay": NON_NEGATIVE,
+            "beta1": UNIT_OPEN, "beta2": UNIT_OPEN, "eps": POSITIVE, "warmup_steps": count,
+            "min_lr_ratio": FRACTION, "decay_fraction": FRACTION, "grad_clip": NON_NEGATIVE,
+            "loss_chunk": positive_int, "eval_every": count, "eval_batches": count, "sample_every": count,
+            "checkpoint_every": count, "keep_last": count, "log_every": count, "num_threads": count,
+            "max_skipped_steps": count, "spike_zscore": NON_NEGATIVE, "spike_window": at_least_2,
+            "spike_min_steps": at_least_2, "check_finite_every": count,
+            "rollback_after": count, "rollback_lr_factor": FACTOR, "max_rollbacks": count,
+        })
+        for name in self.preempt_signals:
+            if name not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP") or not hasattr(signal, name):
+                raise SlmError(f"--train.preempt_signals: {name!r} is not one of SIGTERM, SIGUSR1, SIGUSR2, SIGINT, "
+                               f"SIGHUP")
 
     def phase_list(self) -> list[PhaseConfig]:
         """The curriculum as explicit phases (a single phase when none are configured)."""
@@ -192,6 +243,11 @@ class EvalConfig:
     batch_size: int = 8  # rows per eval batch
     seq_len: int = 0  # 0 = the last training phase's seq_len
     max_batches: int = 0  # 0 = the whole split
+
+    def __post_init__(self) -> None:
+        check_values(self, "eval", {"batch_size": (_positive_int, "must be > 0"),
+                                    "seq_len": (lambda v: v >= 0, "must be >= 0 (0 = the training seq_len)"),
+                                    "max_batches": (lambda v: v >= 0, "must be >= 0 (0 = all)")})
 
 
 @dataclass(kw_only=True)
@@ -306,6 +362,9 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # a required field without value
         raise SlmError(f"{where or cls.__name__}: {exc}") from None
+    except (ArithmeticError, ValueError) as exc:  # a check that cannot even be evaluated (n_heads=0: d_model % 0)
+        raise SlmError(f"{where or cls.__name__}: invalid values ({type(exc).__name__}: {exc}); check the sizes"
+                       ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -371,13 +430,46 @@ def build_run_config(data: dict) -> RunConfig:
     model = data.pop("model", None) or {}
     if not isinstance(model, dict):
         raise SlmError(f"model: expected a mapping of model fields, got {type(model).__name__}")
+    for key in ("arch", "preset"):  # looked up by name before the section is type-checked
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise SlmError(f"model.{key}: expected a name, got {model[key]!r}")
     spec, model = resolve_model_values(model)
     return dataclasses.replace(from_dict(RunConfig, data), model=from_dict(spec.config, model, "model"))
 
 
+def check_model_values(model: ModelConfig) -> None:
+    """Generic range rules of any architecture's config: sizes are never negative, floats are finite."""
+    for f in dataclasses.fields(model):
+        value = getattr(model, f.name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value < 0:
+            raise SlmError(f"--model.{f.name}={value}: must be >= 0")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SlmError(f"--model.{f.name}={value}: must be a finite number")
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Cross-field rules, checked before any work: every context length fits the model's max_seq_len."""
+    check_model_values(cfg.model)
+    max_len = getattr(cfg.model, "max_seq_len", 0)
+    if max_len:
+        for i, phase in enumerate(cfg.train.phase_list()):
+            if phase.seq_len > max_len:
+                where = f"--train.phases[{i}].seq_len" if cfg.train.phases else "--train.seq_len"
+                raise SlmError(f"{where}={phase.seq_len}: longer than the model's max_seq_len={max_len}; lower it or "
+                               f"raise --model.max_seq_len")
+        if cfg.eval.seq_len > max_len:
+            raise SlmError(f"--eval.seq_len={cfg.eval.seq_len}: longer than the model's max_seq_len={max_len}")
+
+
 def load_run_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """A user's run config: recipe, then overrides; checked as a whole (`check_run_config`) before any work.
+    (A checkpoint's saved config is not: its train section does not limit what the model can be used for.)"""
     data = read_yaml(recipe) if recipe else {}
-    return build_run_config(_merge(data, parse_overrides(overrides or [])))
+    cfg = build_run_config(_merge(data, parse_overrides(overrides or [])))
+    check_run_config(cfg)
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -7,10 +7,9 @@ Agg backend: no display needed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .errors import atomic_write_text
+from .errors import SlmError, atomic_write_text, loads_json
 from .train.metrics import MetricsLogger
 
 
@@ -45,12 +44,38 @@ def _series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[f
     return [s for s, _ in rows], [v for _, v in rows]
 
 
+def stability_section(records: list[dict]) -> list[str]:
+    """Markdown lines on skipped / spiked steps, rollbacks and preemptions (none when training was uneventful)."""
+    counts = {k: sum(1 for r in records if r.get("kind") == k) for k in ("skip", "spike", "rollback", "preempted")}
+    if not any(counts.values()):
+        return []
+    lines = ["## Stability", "", f"{counts['skip']} non-finite step(s) skipped, {counts['spike']} loss spike(s) "
+             f"skipped, {counts['rollback']} rollback(s), {counts['preempted']} preemption(s).", ""]
+    rollbacks = [r for r in records if r.get("kind") == "rollback"]
+    if rollbacks:
+        lines += ["| at step | back to | reason | lr scale | bad data skipped |", "|---|---|---|---|---|"]
+        for r in rollbacks:
+            lines.append(f"| {r.get('step')} | {r.get('checkpoint')} | {r.get('reason')} | {r.get('lr_scale')} | "
+                         f"{r.get('skipped_data')} |")
+        lines.append("")
+    return lines
+
+
 def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
     """Write <run dir>/report.md and its plots; returns the report path."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SlmError(f"{run_dir}: run directory not found; pass the folder of a run (it holds metrics.jsonl)")
+    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "summary.json").is_file():
+        raise SlmError(f"{run_dir}: not a run directory (no metrics.jsonl or summary.json); pass a run's folder")
     records = MetricsLogger.read_jsonl(run_dir / "metrics.jsonl")
     if summary is None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        try:
+            summary = loads_json((run_dir / "summary.json").read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            raise SlmError(f"{run_dir / 'summary.json'}: corrupt JSON; delete it and run `slm report` again") from None
+        if not isinstance(summary, dict):
+            raise SlmError(f"{run_dir / 'summary.json'}: expected a JSON object; delete it and run `slm report` again")
     summary = summary or {}
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -78,7 +103,8 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
                 ("val bits/byte", val.get("bpb")), ("val accuracy", val.get("accuracy")),
                 ("val top-5 accuracy", val.get("top5_accuracy")),
                 ("training tokens/s (median)", summary.get("tok_per_s")),
-                ("skipped steps", summary.get("skipped_steps"))]
+                ("skipped steps", summary.get("skipped_steps")), ("spiked steps", summary.get("spiked_steps")),
+                ("rollbacks", summary.get("rollbacks"))]
         rows += [(f"time: {k}", v) for k, v in (summary.get("timings") or {}).items()]
         for name, value in rows:
             if value is None:
@@ -88,6 +114,7 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
         lines.append("")
     for title, rel in made:
         lines += [f"## {title}", "", f"![{title}]({rel})", ""]
+    lines += stability_section(records)
     samples = summary.get("samples") or []
     in_training = [r for r in records if r.get("kind") == "sample"]
     if samples or in_training:
@@ -99,7 +126,8 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
             for r in in_training[-6:]:
                 lines += [f"step {r['step']}:", "```text", str(r.get("text", "")), "```", ""]
     if (run_dir / "config.yaml").is_file():
-        lines += ["## Resolved config", "", "```yaml", (run_dir / "config.yaml").read_text().rstrip(), "```", ""]
+        config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        lines += ["## Resolved config", "", "```yaml", config_text.rstrip(), "```", ""]
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out

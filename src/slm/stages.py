@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ import torch
 
 from .config import RunConfig, save_config
 from .data.corpora import resolve_input
-from .errors import SlmError, atomic_dir
-from .models import with_vocab
+from .errors import SlmError, atomic_dir, atomic_write_text, check_output_dir
+from .models import get_arch, with_vocab
 from .runtime import DistInfo, barrier, init_distributed, shutdown
 
 STAMP = ".slm_stamp.json"
@@ -70,6 +71,21 @@ def _iter_corpus_texts(cfg: RunConfig, max_bytes: int = 0):
                 return
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """What can be checked before any stage runs: the corpus paths exist, a named resume checkpoint exists."""
+    from .data.sources import list_source_files
+
+    if not cfg.data.prepared_dir:
+        for path, glob in input_specs(cfg):
+            list_source_files(path, glob)  # SlmError naming a missing path or a folder without matching files
+    elif not (Path(cfg.data.prepared_dir) / "manifest.json").is_file():
+        raise SlmError(f"--data.prepared_dir={cfg.data.prepared_dir}: not a prepared dataset (no manifest.json); "
+                       f"run `slm data prepare` first or leave it empty")
+    if cfg.train.resume not in ("", "auto") and not (Path(cfg.train.resume) / "meta.json").is_file():
+        raise SlmError(f"--train.resume={cfg.train.resume}: not a checkpoint directory (no meta.json); pass one, "
+                       f"or auto for the run dir's latest")
+
+
 def build_tokenizer(cfg: RunConfig, progress: bool = True):
     """Train (bpe), construct (byte) or load (pretrained) the run's tokenizer."""
     from .tokenizer import byte_tokenizer, load_tokenizer, train_bpe
@@ -91,19 +107,22 @@ def stage_tokenizer(cfg: RunConfig, out: Path, progress: bool = True):
     if (out / "tokenizer.json").is_file() and _stamp_matches(out, fp):
         return load_tokenizer(out)
     tok = build_tokenizer(cfg, progress)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=True, kind="tokenizer") as tmp:  # the run dir's own (stamped) tokenizer
         tok.save(tmp)
         (tmp / STAMP).write_text(json.dumps({"fingerprint": fp}))
     return load_tokenizer(out)
 
 
-def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True) -> Path:
+def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True, overwrite: bool = True) -> Path:
+    """Prepare the recipe's data into `out` unless it already holds it (same stamp). `overwrite=False` (`slm data
+    prepare` without --overwrite) refuses to replace a dataset prepared from other settings."""
     from .data.pack import prepare_dataset
 
     specs = input_specs(cfg)
     fp = _fingerprint(tokenizer.hash(), specs, _source_options(cfg), cfg.data.val_fraction, cfg.run.seed)
     if (out / "manifest.json").is_file() and _stamp_matches(out, fp):
         return out
+    check_output_dir(out, overwrite=overwrite)
     globs = {g for _, g in specs}
     if len(globs) > 1:
         raise SlmError("--data.inputs: inputs need different file globs (a builtin corpus mixed with folders); "
@@ -111,7 +130,7 @@ def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True) -> P
     prepare_dataset([p for p, _ in specs], tokenizer, str(out), val_fraction=cfg.data.val_fraction,
                     seed=cfg.run.seed, num_workers=cfg.data.num_workers, glob=globs.pop(), progress=progress,
                     **_source_options(cfg))
-    (out / STAMP).write_text(json.dumps({"fingerprint": fp}))
+    atomic_write_text(out / STAMP, json.dumps({"fingerprint": fp}))
     return out
 
 
@@ -173,6 +192,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     timings: dict[str, float] = {}
 
     cfg = resolve_init_checkpoint(cfg)
+    check_inputs(cfg)
     t = time.perf_counter()
     if dist.is_main:
         stage_tokenizer(cfg, run_dir / "tokenizer", progress)
@@ -202,7 +222,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
                    sample_fn=make_sample_fn(cfg, tokenizer, max_new_tokens=min(cfg.sample.max_new_tokens, 64)))
     timings["train_s"] = time.perf_counter() - t
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": result.step, "tok_per_s": result.tok_per_s,
-                               "skipped_steps": result.skipped_steps, "checkpoint": str(result.checkpoint),
+                               "skipped_steps": result.skipped_steps, "spiked_steps": result.extras.get("spiked_steps"),
+                               "rollbacks": result.extras.get("rollbacks"), "checkpoint": str(result.checkpoint),
                                "best_checkpoint": str(result.best_checkpoint)}
     if dist.is_main:
         t = time.perf_counter()
@@ -213,11 +234,15 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
         t = time.perf_counter()
         summary["samples"] = make_sample_fn(cfg, tokenizer)(model, result.step)
         timings["sample_s"] = time.perf_counter() - t
-        if cfg.export.hf:
+        if cfg.export.hf and get_arch(cfg.model.arch).hf is None:  # a capability flag, not an error after training
+            summary["hf_dir"] = None
+            print(f"note: no HF export: architecture {cfg.model.arch!r} has no transformers class", file=sys.stderr)
+        elif cfg.export.hf:
             from .export.hf import export_hf
 
             t = time.perf_counter()
-            summary["hf_dir"] = str(export_hf(result.checkpoint, run_dir / "hf", dtype=cfg.export.dtype))
+            summary["hf_dir"] = str(export_hf(result.checkpoint, run_dir / "hf", dtype=cfg.export.dtype,
+                                                 overwrite=True))
             timings["export_s"] = time.perf_counter() - t
         summary["timings"] = {**timings, "total_s": time.perf_counter() - t_start}
         summary["params"] = model.num_parameters()

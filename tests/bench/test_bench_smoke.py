@@ -15,6 +15,8 @@ LAST_LINE_KEYS = {
     "train_throughput.py": ["slm_tok_s", "hf_fp32_tok_s", "hf_bf16_tok_s", "ratio_fp32", "ratio_bf16", "mfu_bf16"],
     "decode.py": ["ratio_b1", "ratio_b8"],
     "memory.py": ["slm_peak_mib", "hf_peak_mib", "ratio"],
+    "lif.py": ["slm_ms"],
+    "serve.py": ["ratio_4"],
 }
 
 
@@ -30,3 +32,18 @@ def test_bench_quick_run_ends_with_key_value_line(script):
     assert list(figures)[:len(LAST_LINE_KEYS[script])] == LAST_LINE_KEYS[script]
     for key, value in figures.items():
         assert float(value) > 0, f"{key}={value}"
+
+
+@pytest.mark.slow  # three tiny `slm train` runs in subprocesses
+def test_arch_compare_quick_run_trains_every_model_on_the_same_data(tmp_path, corpus_dir):
+    out = subprocess.run([sys.executable, str(BENCH / "arch_compare.py"), "--name", "smoke", "--quick",
+                          "--out-dir", str(tmp_path),
+                          "--recipe", "recipes/slms-flow.yaml", "--model", "flow=preset=flow-test,vocab_size=0",
+                          "--model", "pulse=preset=pulse-test,vocab_size=0", "--model", "llama=preset=test,vocab_size=0",
+                          "--corpus", f"tiny={corpus_dir}", "--", "--data.num_workers=1"],
+                         capture_output=True, text=True, timeout=900, check=False, cwd=BENCH.parent)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = out.stdout[out.stdout.index("**tiny**"):]
+    for label in ("flow", "pulse", "llama"):
+        assert f"| `{label}` |" in table
+    assert "spike_rate" in table  # Pulse's own step metric reaches the table

@@ -113,3 +113,15 @@ def test_dpo_run_raises_preference_accuracy(tok, tmp_path, start_ckpt):
     assert s["eval_after"]["rewards_margin"] > 0
     assert s["eval_after"]["pref_accuracy"] > s["eval_before"]["pref_accuracy"]
     assert s["eval_after"]["loss"] < math.log(2)
+
+
+def test_dpo_runs_without_val_data(tok, tmp_path, start_ckpt):
+    """Without --posttrain.val_data the pairs are held out by their chosen conversation (was an AttributeError)."""
+    data = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    cfg, post = load_posttrain_config(None, [
+        f"--run.out_dir={tmp_path / 'run'}", "--train.steps=2", "--train.batch_size=4", "--train.seq_len=64",
+        "--train.warmup_steps=0", "--train.eval_every=0", "--train.tensorboard=false", "--train.precision=fp32",
+        "--train.num_threads=1", f"--posttrain.init_from={start_ckpt}", f"--posttrain.train_data=[{data}]",
+        "--posttrain.val_fraction=0.25"])
+    s = run_posttrain("dpo", cfg, post, progress=False)
+    assert s["steps"] == 2 and s["eval_before"]["pairs"] > 0

@@ -2,6 +2,7 @@
 
 The file formats and the name mapping live in `slm.export.hf` and each architecture's adapter; this module only maps
 flags to arguments. `--dtype` takes the choices of the config's `Dtype` Literal, so it and `--export.dtype` agree.
+An existing OUT is refused unless `--overwrite` is given and OUT is a previous slm output (`slm.errors.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import argparse
 import typing
 from typing import Any
+
+
+OVERWRITE_HELP = ("replace an existing output folder — only one slm wrote earlier; a folder slm did not write is "
+                  "never replaced")
 
 
 def _dtypes() -> list[str]:
@@ -21,7 +26,7 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_checkpoint
     from ..export.hf import export_hf
 
-    out = export_hf(resolve_checkpoint(args.checkpoint), args.out, dtype=args.dtype)
+    out = export_hf(resolve_checkpoint(args.checkpoint), args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained('{out}'))")
     return 0
 
@@ -29,7 +34,7 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from ..export.hf import import_hf
 
-    out = import_hf(args.src, args.out, dtype=args.dtype)
+    out = import_hf(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"imported {args.src} -> slm checkpoint {out}")
     return 0
 
@@ -42,7 +47,11 @@ def add_export(sub: Any) -> None:
     eh.add_argument("out", help="output folder")
     eh.add_argument("--checkpoint", required=True, help="checkpoint dir (or a run dir)")
     eh.add_argument("--dtype", default="float32", choices=_dtypes())
+    eh.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     eh.set_defaults(fn=cmd_export_hf)
+    from .ship import add_export_formats
+
+    add_export_formats(exp)  # gguf, onnx
 
 
 def add_import(sub: Any) -> None:
@@ -52,4 +61,5 @@ def add_import(sub: Any) -> None:
     ih.add_argument("src", help="HF model folder with config.json + safetensors, or a .gguf file")
     ih.add_argument("out", help="output checkpoint dir")
     ih.add_argument("--dtype", default="float32", choices=_dtypes())
+    ih.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ih.set_defaults(fn=cmd_import_hf)

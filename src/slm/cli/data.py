@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlmError
-from .recipe import add_recipe_command, load_run_cfg
+from ..errors import SlmError, check_output_dir
+from .recipe import add_recipe_command, load_run_cfg, recipe_and_overrides
 
 
 def is_data_recipe(path: str | Path) -> bool:
@@ -72,6 +72,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from ..stages import stage_data, stage_tokenizer
     from ..tokenizer import load_tokenizer
 
+    args.recipe, args.overrides = recipe_and_overrides(args)
     if args.recipe and is_data_recipe(args.recipe):  # top-level `sources:`: the datatrove pipeline (recipes/data/)
         run_data_recipe(args.recipe, args.overrides + (["--progress=false"] if args.quiet else []), args.out or None)
         return 0
@@ -79,11 +80,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise SlmError("slm data prepare: --out DIR is required for a run recipe")
     cfg = load_run_cfg(args)
     out = Path(args.out)
+    check_output_dir(out, overwrite=True)  # the cwd, a file, a folder slm did not write: refused before any work
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)
     else:
         tok = stage_tokenizer(cfg, out.parent / f"{out.name}.tokenizer", not args.quiet)
-    stage_data(cfg, tok, out, progress=not args.quiet)
+    stage_data(cfg, tok, out, progress=not args.quiet, overwrite=args.overwrite)
     print(format_stats(dataset_stats(str(out))))
     return 0
 
@@ -126,7 +128,9 @@ def add_data(sub: Any) -> None:
                        out={"default": "", "help": "output folder for shards + manifest.json (data recipes: default "
                             "from the recipe's out:)"},
                        tokenizer={"default": "", "help": "existing tokenizer (dir or tokenizer.json); default: build "
-                                  "the recipe's tokenizer next to --out"})
+                                  "the recipe's tokenizer next to --out"},
+                       overwrite={"action": "store_true", "help": "replace --out when it holds a dataset prepared "
+                                  "from other settings (only an slm dataset is ever replaced)"})
     st = data.add_parser("stats", help="Documents, bytes, tokens, bytes/token and length distribution",
                          description="Statistics of a prepared dataset dir, or of raw inputs with --tokenizer")
     st.add_argument("path", help="prepared dataset dir, or a text/jsonl/parquet file or folder")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlmError, atomic_path
+from ..errors import SlmError, atomic_path, loads_json
 from ..config import SamplingConfig
 
 
@@ -42,7 +42,10 @@ def _read_prompts(path: str) -> list[str]:
     f = Path(path)
     if not f.is_file():
         raise SlmError(f"--prompt-file {path}: file not found")
-    lines = f.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = f.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SlmError(f"--prompt-file {path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
     if f.suffix != ".jsonl":
         return [line for line in lines if line.strip()]
     prompts = []
@@ -50,9 +53,15 @@ def _read_prompts(path: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            prompts.append(str(json.loads(line)["prompt"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+            record = loads_json(line)
+            prompt = record["prompt"]
+        except json.JSONDecodeError as exc:
+            raise SlmError(f"--prompt-file {path}:{n}: invalid JSON ({exc.msg})") from None
+        except (KeyError, TypeError, IndexError):
             raise SlmError(f"--prompt-file {path}:{n}: expected a JSON object with a 'prompt' field") from None
+        if isinstance(prompt, (dict, list)) or prompt is None:
+            raise SlmError(f"--prompt-file {path}:{n}: 'prompt' must be text, got {type(prompt).__name__}")
+        prompts.append(str(prompt))
     return prompts
 
 

@@ -14,7 +14,7 @@ import json
 from typing import Any, Callable
 
 from ..errors import SlmError
-from .recipe import add_recipe_command, format_config_keys
+from .recipe import add_recipe_command, format_config_keys, recipe_and_overrides
 
 _RUN_SECTIONS = ("--run.", "--train.", "--eval.", "--sample.")
 
@@ -39,7 +39,7 @@ def _parser(sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help_t
 def _load(args: argparse.Namespace):
     from ..posttrain.config import load_posttrain_config
 
-    return load_posttrain_config(args.recipe, getattr(args, "overrides", None) or [])
+    return load_posttrain_config(*recipe_and_overrides(args))
 
 
 def _train(method: str) -> Callable[[argparse.Namespace], int]:

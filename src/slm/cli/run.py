@@ -48,11 +48,12 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from ..errors import atomic_dir
+    from ..errors import atomic_dir, check_output_dir
     from ..stages import build_tokenizer
 
+    check_output_dir(args.out, overwrite=args.overwrite)  # before training a tokenizer
     tok = build_tokenizer(load_run_cfg(args), progress=not args.quiet)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, overwrite=args.overwrite, kind="tokenizer") as tmp:
         tok.save(tmp)
     print(f"tokenizer: vocab {tok.vocab_size}, saved to {args.out}")
     return 0
@@ -79,7 +80,8 @@ def add_tokenizer(sub: Any) -> None:
     tok = sub.add_parser("tokenizer", help="Tokenizer commands").add_subparsers(dest="sub", metavar="SUB",
                                                                                 required=True)
     add_recipe_command(tok, "train", cmd_tokenizer_train, "Train/build the recipe's tokenizer and save it",
-                       out={"required": True, "help": "output folder (tokenizer.json + HF config files)"})
+                       out={"required": True, "help": "output folder (tokenizer.json + HF config files)"},
+                       overwrite={"action": "store_true", "help": "replace OUT if it is a previous slm output"})
 
 
 def add_report(sub: Any) -> None:

@@ -57,7 +57,7 @@ class DedupConfig:
     decontaminate: bool = True  # remove train documents that (near-)duplicate a val document
 
     def __post_init__(self) -> None:
-        from slm.config import check_choices  # the one check of Literal fields (imports torch: not at module level)
+        from slm.choices import check_choices  # the one check of Literal fields
 
         for key in ("n_grams", "bands", "rows"):
             if getattr(self, key) < 1:

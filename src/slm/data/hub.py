@@ -34,7 +34,7 @@ from slm.data.sources import (
     _pick_column,
     list_source_files,
 )
-from slm.errors import SlmError
+from slm.errors import SlmError, loads_json
 
 SPLIT_CHOICES = ("auto", "train", "val")
 BAD_RECORD_POLICIES = ("error", "skip")
@@ -123,7 +123,7 @@ def _tolerant_json_file(path: Path, key: str, src: SourceConfig, stats: dict) ->
                 continue
             line = _decode(raw, "replace", stats)
             try:
-                record = json.loads(line)
+                record = loads_json(line)
             except json.JSONDecodeError:
                 _count(stats, "skipped_records")
                 continue

@@ -244,7 +244,7 @@ def prepare_dataset(
         }
         for name in SPLITS
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=True, kind="dataset") as tmp:  # _check_out_dir: empty or a dataset
         tokenizer.save(tmp)
         writers = {name: ShardWriter(tmp, name, dtype, shard_tokens) for name in SPLITS}
         bar = tqdm(total=len(is_val), unit="doc", desc="tokenizing", disable=not progress, dynamic_ncols=True)

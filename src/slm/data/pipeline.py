@@ -82,7 +82,7 @@ class ExecutorConfig:
     sbatch_args: dict = field(default_factory=dict)  # slurm: extra sbatch options
 
     def __post_init__(self) -> None:
-        from slm.config import check_choices  # the one check of Literal fields (imports torch: not at module level)
+        from slm.choices import check_choices  # the one check of Literal fields
 
         check_choices(self, "executor")
         if self.tasks < 1:
@@ -291,7 +291,7 @@ class PackStep:
             full_plan[i] = p
         dtype = token_dtype(self.tokenizer.vocab_size)
         _check_out_dir(out)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, overwrite=True, kind="dataset") as tmp:  # _check_out_dir: empty or a dataset
             self.tokenizer.save(tmp)
             splits = write_packed(work / "tokens", tasks, full_plan, tmp, dtype, r.pack, r.progress)
             written = written_per_source(work / "tokens", tasks, full_plan)

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from slm.errors import SlmError
+from slm.errors import SlmError, loads_json
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".rst", ".text"})
 JSON_SUFFIXES = frozenset({".jsonl", ".json", ".ndjson"})
@@ -139,7 +139,7 @@ def _json_records(path: Path, on_decode_error: str, stats: dict | None) -> Itera
             if text is None:
                 raise SlmError(f"{path}: not valid UTF-8; fix the file or use on_decode_error=replace")
             try:
-                records = json.loads(text)
+                records = loads_json(text)
             except json.JSONDecodeError as e:
                 raise SlmError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from None
             yield from ((i, r) for i, r in enumerate(records, start=1))
@@ -151,7 +151,7 @@ def _json_records(path: Path, on_decode_error: str, stats: dict | None) -> Itera
             if line is None:
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, loads_json(line)
             except json.JSONDecodeError as e:
                 raise SlmError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or delete that line") from None
 
@@ -169,7 +169,7 @@ def _iter_json_file(
             column = _pick_column(list(record), strings, text_column, where)
         if column not in record:
             raise SlmError(
-                f"{where}: record has no {column!r} field (fields: {', '.join(record)}); "
+                f"{where}: record has no {column!r} field (fields: {', '.join(map(repr, record))}); "
                 "set text_column or fix the line"
             )
         value = record[column]
@@ -203,7 +203,15 @@ def _iter_parquet_file(path: Path, key: str, text_column: str | None, stats: dic
             f"{path}: column {column!r} is {schema.field(column).type}, not text; set text_column to a text column"
         )
     row = 0
-    for batch in parquet.iter_batches(columns=[column]):
+    batches = parquet.iter_batches(columns=[column])
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a corrupt page or row group further into the file (ArrowInvalid, OSError)
+            raise SlmError(f"{path}: corrupt parquet data after row {row} ({type(e).__name__}: {e}); fix or remove "
+                           f"the file") from None
+        if batch is None:
+            break
         for value in batch.column(0).to_pylist():
             row += 1
             if not value or not value.strip():

@@ -34,7 +34,7 @@ def upload_dataset(folder: str | Path, target: str, *, private: bool = False, re
         dest = Path(target.removeprefix("file://")).expanduser()
         if dest.resolve() == folder.resolve():
             raise SlmError(f"{target}: is the dataset folder itself; choose another target")
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, kind="dataset") as tmp:  # a non-empty dest is refused (never replaced)
             shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
         return str(dest)
     if target.count("/") != 1:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import load_model, load_tokenizer_of, save_checkpoint, unwrap
 from ..config import RunConfig, RunSection, SamplingConfig, TokenizerConfig
-from ..errors import SlmError, atomic_dir
+from ..errors import SlmError, atomic_dir, check_output_dir, loads_json, os_errors
 from ..models import ARCHS, HFAdapter, ModelConfig, build_model, get_arch
 
 if TYPE_CHECKING:
@@ -131,9 +131,11 @@ def _load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_shard_index(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        weight_map = loads_json(index.read_bytes())["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise SlmError(f"{index}: not a valid shard index ({type(exc).__name__}); re-download the model") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SlmError(f"{index}: not a valid shard index (weight_map); re-download the model")
     return [index.parent / name for name in dict.fromkeys(weight_map.values())]
 
 
@@ -191,13 +193,15 @@ def _resolve_tokenizer(tokenizer: Tokenizer | str | Path | None) -> Tokenizer | 
 
 
 def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Path, *,
-              tokenizer: Tokenizer | str | Path | None = None, dtype: str = "float32") -> Path:
+              tokenizer: Tokenizer | str | Path | None = None, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Write a `transformers` model folder (model.safetensors, config.json, generation_config.json, tokenizer files).
 
     `checkpoint_dir_or_model` is an slm checkpoint directory (its tokenizer is exported too unless `tokenizer` is
-    given) or an slm model. `tokenizer` is an slm Tokenizer or a tokenizer.json / tokenizer folder path.
+    given) or an slm model. `tokenizer` is an slm Tokenizer or a tokenizer.json / tokenizer folder path. An existing
+    `out_dir` is replaced only with `overwrite` and only when it is a previous slm output (`slm.errors.atomic_dir`).
     """
     torch_dtype = _torch_dtype(dtype)
+    check_output_dir(out_dir, overwrite=overwrite)  # before any work
     sample = None
     if isinstance(checkpoint_dir_or_model, nn.Module):
         model = unwrap(checkpoint_dir_or_model)
@@ -220,7 +224,7 @@ def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Pa
     config = model_config_to_hf(cfg, dtype=dtype, special_ids=special_ids)
     generation = _generation_config(special_ids, sample)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with os_errors("exporting to", out_dir), atomic_dir(out_dir, overwrite=overwrite, kind="hf-export") as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
@@ -234,7 +238,8 @@ def export_hf(checkpoint_dir_or_model: str | Path | nn.Module, out_dir: str | Pa
 
 
 def _write_slm_checkpoint(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], out_ckpt_dir: str | Path, *,
-                          dtype: str, tokenizer: Tokenizer | None, source: Path, where: str) -> Path:
+                          dtype: str, tokenizer: Tokenizer | None, source: Path, where: str,
+                          overwrite: bool = False) -> Path:
     state = state_dict_from_hf(hf_state, cfg, where=where, dtype=_torch_dtype(dtype, "--dtype"))
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise SlmError(f"{source}: the tokenizer has {tokenizer.vocab_size} ids (specials included) but the model "
@@ -246,7 +251,7 @@ def _write_slm_checkpoint(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], o
     tok_cfg = TokenizerConfig(kind="pretrained", path=tok_path) if tokenizer is not None else TokenizerConfig()
     run_cfg = RunConfig(run=RunSection(name=Path(out_ckpt_dir).name), tokenizer=tok_cfg, model=cfg)
     return save_checkpoint(out_ckpt_dir, model=model, config=run_cfg, tokenizer=tokenizer,
-                           extra_meta={"imported_from": str(source)})
+                           extra_meta={"imported_from": str(source)}, overwrite=overwrite)
 
 
 def _read_config_json(src_dir: Path) -> dict[str, Any]:
@@ -254,7 +259,7 @@ def _read_config_json(src_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SlmError(f"{path}: not found; point to a Hugging Face model folder (config.json + model.safetensors)")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = loads_json(path.read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SlmError(f"{path}: unreadable JSON ({type(exc).__name__}); re-download the model") from None
     if not isinstance(raw, dict):
@@ -262,11 +267,14 @@ def _read_config_json(src_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def import_hf(src_dir: str | Path, out_ckpt_dir: str | Path, *, dtype: str = "float32") -> Path:
-    """Convert an HF Llama / Mistral / Qwen3 folder (or a .gguf file) into a model-only slm checkpoint."""
+def import_hf(src_dir: str | Path, out_ckpt_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Convert an HF Llama / Mistral / Qwen3 folder (or a .gguf file) into a model-only slm checkpoint.
+
+    An existing `out_ckpt_dir` is replaced only with `overwrite` and only when it is a previous slm output."""
     src = Path(src_dir)
+    check_output_dir(out_ckpt_dir, overwrite=overwrite)  # before reading gigabytes
     if src.suffix.lower() == ".gguf":
-        return import_gguf_via_transformers(src, out_ckpt_dir, dtype=dtype)
+        return import_gguf_via_transformers(src, out_ckpt_dir, dtype=dtype, overwrite=overwrite)
     if not src.is_dir():
         raise SlmError(f"{src}: not a directory; pass a Hugging Face model folder or a .gguf file")
     raw = _read_config_json(src)
@@ -279,7 +287,7 @@ def import_hf(src_dir: str | Path, out_ckpt_dir: str | Path, *, dtype: str = "fl
 
         tokenizer = load_tokenizer(src)
     return _write_slm_checkpoint(cfg, hf_state, out_ckpt_dir, dtype=dtype, tokenizer=tokenizer, source=src,
-                                 where=str(src))
+                                 where=str(src), overwrite=overwrite)
 
 
 def _shortest_f32(value: float) -> float:
@@ -289,7 +297,18 @@ def _shortest_f32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def import_gguf_via_transformers(gguf_path: str | Path, out_ckpt_dir: str | Path, *, dtype: str = "float32") -> Path:
+def _drop_tokens_past(tokenizer_json: Path, n_vocab: int) -> None:
+    """Remove added tokens with ids >= n_vocab: transformers' byte-level GGUF tokenizer appends GPT-2's default
+    `<|endoftext|>` when the file's vocabulary has none, one id past the model's embedding."""
+    raw = loads_json(tokenizer_json.read_bytes())
+    kept = [t for t in raw.get("added_tokens", []) if t.get("id", 0) < n_vocab]
+    if len(kept) != len(raw.get("added_tokens", [])):
+        raw["added_tokens"] = kept
+        tokenizer_json.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+
+
+def import_gguf_via_transformers(gguf_path: str | Path, out_ckpt_dir: str | Path, *, dtype: str = "float32",
+                                 overwrite: bool = False) -> Path:
     """Load a Llama-family GGUF with transformers (dequantized to fp32) and write it as an slm checkpoint."""
     import importlib.util
 
@@ -324,6 +343,7 @@ def import_gguf_via_transformers(gguf_path: str | Path, out_ckpt_dir: str | Path
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             raise SlmError(f"{gguf_path}: transformers cannot convert its tokenizer ({type(exc).__name__}); "
                            f"import an HF folder with tokenizer.json instead") from None
+        _drop_tokens_past(Path(tmp) / "tokenizer.json", cfg.vocab_size)
         tokenizer = load_tokenizer(tmp)
     return _write_slm_checkpoint(cfg, hf_state, out_ckpt_dir, dtype=dtype, tokenizer=tokenizer, source=gguf_path,
-                                 where=str(gguf_path))
+                                 where=str(gguf_path), overwrite=overwrite)

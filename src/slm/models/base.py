@@ -72,6 +72,10 @@ class DecodeState(Protocol):
     def advance(self, n: int) -> None: ...  # host-side bookkeeping before a step (overflow check)
     def reset(self) -> None: ...  # empty it for reuse by the next request
     def tensors(self) -> tuple[torch.Tensor, ...]: ...  # flat tensors of the pure decode step
+    # Continuous batching (slm.generate.batching; a state without these is served one batch at a time). Both work in
+    # place (the tensors keep their identity, so a compiled step stays valid) and leave the other rows untouched.
+    def insert(self, row: int, src: DecodeState) -> None: ...  # row `row` continues src's one (prefilled) row
+    def release(self, row: int) -> None: ...  # forget row `row` (its request left); a full state may reuse its room
 
 
 def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -79,6 +83,16 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def check_positions(positions: torch.Tensor, max_seq_len: int) -> None:
+    """Raise when a RoPE position (B, T) reaches `max_seq_len` (the position tables end there). Reading the maximum is
+    a host sync and a data-dependent branch, which an exporter cannot trace: skipped while exporting (the exported
+    prefill builds its own state of at most `max_seq_len` slots, so it cannot get there)."""
+    if torch.compiler.is_exporting():
+        return
+    if int(positions.max()) >= max_seq_len:
+        raise ValueError(f"position {int(positions.max())} exceeds model.max_seq_len={max_seq_len}")
 
 
 class CausalLM(nn.Module):
@@ -172,6 +186,15 @@ class CausalLM(nn.Module):
         logits = self.forward_step(input_ids, state, attention_mask)
         return logits, state.tensors()
 
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The prefill as a pure function: ids (B, T), mask (B, T) bool (False = left padding) -> (logits (B, T, V),
+        the tensors of a new state of `max_len` slots that holds the T tokens), ready for `decode_step`. The state is
+        made inside, in the weights' dtype, so an exported prefill has only the prompt as input."""
+        state = self.new_state(input_ids.shape[0], max_len, dtype=self.output_weight.dtype, device=input_ids.device)
+        logits = self(input_ids, state=state, attention_mask=attention_mask)
+        return logits, state.tensors()
+
     def param_roles(self) -> dict[str, Role]:
         """Role of every parameter (by name). Default: embeddings -> embedding, the output head -> output, 1-D
         tensors -> gain, other matrices -> matrix; architectures with experts, biases or scalars override."""
@@ -199,6 +222,11 @@ class CausalLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def step_metrics(self) -> dict[str, float]:
+        """Architecture-specific figures of the last training forward (e.g. spike rates, expert usage), logged by the
+        trainer each step. Empty for most architectures."""
+        return {}
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         """Auxiliary training losses of the last forward pass, already weighted (e.g. an MoE load-balancing loss),

@@ -6,6 +6,7 @@ invariant tests in tests/models pick it up by iterating `ARCHS`. Capability flag
 - supports_packing: `forward(doc_ids=, position_ids=)` keeps packed documents apart (packed SFT / KD use it).
 - state_kind: what `new_state` returns (kv_cache | ring_buffer | recurrent), informational for the engine and docs.
 - hf (an `HFAdapter` or None): a transformers class exists; export/import go through its tables.
+- gguf (a `GGUFAdapter` or None): llama.cpp has the architecture; `slm export gguf` goes through it.
 Preset names are global (one name, one meaning): a preset implies its architecture.
 """
 
@@ -39,6 +40,8 @@ class HFAdapter:
     config_from_hf: Callable[..., ModelConfig]  # (raw config.json dict, *, where) -> ModelConfig
     ignored_hf_tensors: re.Pattern = re.compile(r"(^|\.)rotary_emb\.inv_freq$")  # derived buffers some checkpoints carry
     tied_output: str = "lm_head.weight"  # slm name of the head, skipped on import when embeddings are tied
+    # (cfg) -> why this config has no faithful transformers equivalent (export refuses it with that line), or None
+    refusal: Callable[[ModelConfig], str | None] = lambda cfg: None
 
     def _table(self, reverse: bool) -> list[tuple[re.Pattern, str]]:
         rows = [(hf, ours) if reverse else (ours, hf) for ours, hf in self.param_map]
@@ -68,6 +71,19 @@ class HFAdapter:
 
 
 @dataclass(frozen=True)
+class GGUFAdapter:
+    """How an architecture maps onto llama.cpp's GGUF format (on top of its HF adapter, whose tensor names the `gguf`
+    package's name map translates): llama.cpp's architecture name, its hyperparameter keys, and any re-layout of a
+    tensor that llama.cpp computes differently (e.g. the rotary row order of Llama's q/k projections)."""
+
+    arch_name: Callable[[ModelConfig], str]  # (cfg) -> llama.cpp architecture ("llama", "qwen3", ...)
+    hparams: Callable[[ModelConfig], dict[str, Any]]  # (cfg) -> {GGUF key with "{arch}" placeholder: value}
+    to_gguf_tensor: Callable[[str, torch.Tensor, ModelConfig], torch.Tensor] = lambda hf_name, t, cfg: t
+    # (cfg) -> why llama.cpp cannot run this config (export refuses it with that line), or None
+    refusal: Callable[[ModelConfig], str | None] = lambda cfg: None
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     name: str
     config: type[ModelConfig]
@@ -75,6 +91,7 @@ class ArchSpec:
     presets: dict[str, Preset]
     summary: str  # one line for --help and the README
     hf: HFAdapter | None = None
+    gguf: GGUFAdapter | None = None  # llama.cpp can run it (needs `hf` too: GGUF names come from the HF names)
     supports_packing: bool = True
     state_kind: Literal["kv_cache", "ring_buffer", "recurrent"] = "kv_cache"
     test_preset: str = "test"  # the preset the invariant tests build (tiny: 2 layers, 64 wide, vocab 256)

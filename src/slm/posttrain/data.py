@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import SlmError
+from ..errors import SlmError, loads_json
 from ..tokenizer.chat_template import ChatFormatter, Message, RenderedChat, message_problem
 
 
@@ -99,9 +99,11 @@ def iter_records(spec: str) -> Iterator[tuple[str, Any]]:
         return
     if text.lstrip().startswith("["):
         try:
-            records = json.loads(text)
+            records = loads_json(text)
         except json.JSONDecodeError as exc:
             raise SlmError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); fix the file") from None
+        if not isinstance(records, list):
+            raise SlmError(f"{path}: expected a JSON array of records; fix the file")
         for i, rec in enumerate(records, 1):
             yield f"{path}[{i}]", rec
         return
@@ -109,7 +111,7 @@ def iter_records(spec: str) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"{path}:{n}", json.loads(line)
+            yield f"{path}:{n}", loads_json(line)
         except json.JSONDecodeError as exc:
             yield f"{path}:{n}", ValueError(f"invalid JSON ({exc.msg})")
 
@@ -156,7 +158,7 @@ def conversation_of(record: Any) -> list[Message] | str:
             if msgs is None or not isinstance(record[r_key], str):
                 return f"'{p_key}'/'{r_key}' must be text"
             return [*msgs, {"role": "assistant", "content": record[r_key]}]
-    return f"no 'messages' (or prompt/response) field (fields: {', '.join(map(str, record)) or 'none'})"
+    return f"no 'messages' (or prompt/response) field (fields: {', '.join(map(repr, record)) or 'none'})"
 
 
 # ------------------------------------------------------------------------------------------------------- conversations

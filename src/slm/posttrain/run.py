@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import yaml
 
-from ..config import RunConfig
+from ..config import RunConfig, check_run_config
 from ..errors import SlmError, atomic_write_text
 from ..models import CausalLM
 from ..tokenizer import Tokenizer
@@ -70,20 +70,23 @@ def _build_sft(ctx: PostTrainContext) -> Task:
                    autocast_dtype=ctx.autocast_dtype)
 
 
-def _conversations(ctx: PostTrainContext, load: Callable, split: Callable) -> tuple[list, list]:
+def _conversations(ctx: PostTrainContext, load: Callable, split: Callable,
+                   key: Callable = lambda e: e.ids) -> tuple[list, list]:
+    """(train, val) examples: val from --posttrain.val_data, else held out of train by `key` (the example's ids)."""
     if not ctx.post.train_data:
         raise SlmError("--posttrain.train_data: no training files given; pass e.g. --posttrain.train_data=[chats.jsonl]")
     train = load(ctx.post.train_data, ctx.formatter, ctx.max_tokens, ctx.bad)
     if ctx.post.val_data:
         return train, load(ctx.post.val_data, ctx.formatter, ctx.max_tokens, ctx.bad)
-    return split(train, ctx.post.val_fraction, key=lambda e: e.ids)
+    return split(train, ctx.post.val_fraction, key=key)
 
 
 def _build_dpo(ctx: PostTrainContext) -> Task:
     from .data import load_preferences, split_holdout
     from .dpo import DPOTask
 
-    train, val = _conversations(ctx, load_preferences, split_holdout)
+    # a pair is held out by its chosen conversation (prompt + chosen answer), so both halves stay on one side
+    train, val = _conversations(ctx, load_preferences, split_holdout, key=lambda p: p.chosen.ids)
     return DPOTask(train, val, ctx.cfg, ctx.post.dpo, reference=ctx.reference_model(), pad_id=ctx.tokenizer.pad_id,
                    autocast_dtype=ctx.autocast_dtype)
 
@@ -150,6 +153,7 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
     model, start_cfg = ckpt.load_model(start, device=dist.device)
     tokenizer = ckpt.load_tokenizer_of(start)
     cfg = resolve_config(cfg, start_cfg, start_has_tokenizer=tokenizer is not None)
+    check_run_config(cfg)  # the checkpoint's model against this run's seq_len, before any work
     resume = ckpt.resume_path(cfg)
     if resume is not None:
         model.load_state_dict(ckpt.load_state_dict(resume))
@@ -200,7 +204,8 @@ def run_posttrain(method: str, cfg: RunConfig, post: PostTrainConfig, *, progres
     summary = {"method": method, "run_dir": str(run_dir), "steps": result.step, "start": str(ctx.start),
                "checkpoint": str(result.checkpoint), "eval_before": before, "eval_after": result.final_eval,
                "skipped_examples": dict(ctx.bad.counts), "tok_per_s": result.tok_per_s,
-               "skipped_steps": result.skipped_steps}
+               "skipped_steps": result.skipped_steps, "spiked_steps": result.extras.get("spiked_steps"),
+               "rollbacks": result.extras.get("rollbacks")}
     if ctx.dist.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary

@@ -10,7 +10,8 @@ one layer, bf16, 2 threads (`python bench/attention.py --seq T --batch B`, same 
 the T x T work outgrows the flash kernel's tiling (blocking the queries to skip masked key blocks lost to SDPA at
 T = 1024 and 2048 too). So `use_dense` takes this path only for
 T <= MAX_LEN, on CPU, with gradients on, while dynamo traces (eager, unfused, it is slower than SDPA). CUDA keeps
-SDPA's flash kernels; inference keeps SDPA's forward.
+SDPA's flash kernels; inference keeps SDPA's forward. Any additive (T, T) bias works, so sliding-window layers pass
+`window_bias` instead of `causal_bias`.
 
 Backward: dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q, dV = P^T dO (scaled by 1/sqrt(D)), from the
 probabilities P saved by the forward in the compute dtype (as HF's eager attention saves them). Recomputing P from
@@ -88,7 +89,19 @@ def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     return _DenseCausalAttention.apply(q, k, v, bias[:T, :T])
 
 
-def use_dense(q: torch.Tensor) -> bool:
+def dense_applies(device: torch.device, seq_len: int) -> bool:
     """The dense path pays only on CPU, with gradients, for T <= MAX_LEN, inside torch.compile (module docstring)."""
-    return (q.device.type == "cpu" and q.shape[2] <= MAX_LEN and torch.is_grad_enabled()
+    return (device.type == "cpu" and seq_len <= MAX_LEN and torch.is_grad_enabled()
             and torch.compiler.is_compiling())
+
+
+def use_dense(q: torch.Tensor) -> bool:
+    """`dense_applies` for queries q (B, H, T, D)."""
+    return dense_applies(q.device, q.shape[2])
+
+
+def window_bias(n: int, window: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, n) fp32 additive mask of causal sliding-window attention: 0 where 0 <= i - j < window, else -inf."""
+    i = torch.arange(n, device=device)
+    dist = i[:, None] - i[None, :]
+    return torch.zeros(n, n, device=device).masked_fill_((dist < 0) | (dist >= window), float("-inf"))

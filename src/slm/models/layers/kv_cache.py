@@ -16,6 +16,13 @@ Two ways in:
   the cache, smaller than the weights it sits next to. Host-side bookkeeping (`length`, the overflow check) is done
   by `advance`, outside anything compiled.
 
+Continuous batching (a server's running batch, `slm.generate.batching`) needs rows to come and go between steps:
+`insert(row, src)` copies a request's prefilled batch-1 cache into one row, right-aligned to the shared write slot
+(moving every row right first when the newcomer holds more slots than have been written); `release(row)` marks a
+row's slots unused. The shared index only moves forward, so when the buffer is full `advance` first drops the leading
+slots no row uses any more (`compact`: one host read, one in-place copy per layer, amortised over the slots freed).
+All three work in place, so a compiled step keeps seeing the same tensors.
+
 The pure decode step (`CausalLM.decode_step`, what ONNX / Core ML export traces) rebuilds a cache from its tensors
 with `functional=True`: every write is then out of place (`index_copy`, not `index_copy_`) and `advance` moves the
 slot index on the device, so `(ids, state tensors) -> (logits, new state tensors)` mutates nothing it was given.
@@ -97,11 +104,14 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
-        """Host-side bookkeeping for n new slots: overflow check and `length` (no device value is read). A functional
-        cache moves `index` on the device instead (the caller keeps the step within the cache)."""
+        """Host-side bookkeeping for n new slots: overflow check and `length` (no device value is read unless the
+        buffer is full: then slots no row uses are dropped first, see `compact`). A functional cache moves `index` on
+        the device instead (the caller keeps the step within the cache)."""
         if self.functional:
             self.index = self.index + n
             return
+        if self.length + n > self.max_len:
+            self.compact()
         if self.length + n > self.max_len:
             raise ValueError(f"KV cache overflow: {self.length + n} tokens > cache length {self.max_len}")
         self.length += n
@@ -143,3 +153,49 @@ class KVCache:
         self.v = [t.index_select(0, index) for t in self.v]
         self.valid = self.valid.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
+
+    # ------------------------------------------------------------------------------------------------------------ #
+    # continuous batching: rows join and leave between steps (all in place)
+
+    def insert(self, row: int, src: KVCache) -> None:
+        """Make row `row` continue the one row of `src` (a batch-1 cache holding a prefilled prompt), replacing what
+        the row held. Its slots are right-aligned to the shared write position; when `src` holds more slots than this
+        cache has written, every row first moves right to make room."""
+        n = src.length
+        if n > self.max_len:
+            raise ValueError(f"KV cache insert: {n} slots > cache length {self.max_len}")
+        if n > self.length:
+            self._shift(n - self.length)
+        start, end = self.length - n, self.length
+        self.valid[row] = False
+        self.valid[row, start:end] = src.valid[0, :n]
+        for dst_k, dst_v, src_k, src_v in zip(self.k, self.v, src.k, src.v):
+            dst_k[row, :, start:end] = src_k[0, :, :n]
+            dst_v[row, :, start:end] = src_v[0, :, :n]
+        self.next_pos[row] = src.next_pos[0]
+
+    def release(self, row: int) -> None:
+        """Row `row` holds nothing any more: its slots stop counting as used (see `compact`)."""
+        self.valid[row] = False
+        self.next_pos[row] = 0
+
+    def compact(self) -> int:
+        """Drop the leading written slots that no row uses (released rows, rows inserted after them); returns how
+        many. Positions (RoPE) are per row and unaffected."""
+        used = self.valid[:, :self.length].any(dim=0)  # (length,)
+        first = int(used.int().argmax()) if bool(used.any()) else self.length
+        if first:
+            self._shift(-first)
+        return first
+
+    def _shift(self, d: int) -> None:
+        """Move the written slots [0, length) by d (> 0: right, < 0: left) along time; vacated slots are invalid."""
+        L = self.length
+        src, dst = (slice(0, L), slice(d, L + d)) if d > 0 else (slice(-d, L), slice(0, L + d))
+        vacated = slice(0, d) if d > 0 else slice(L + d, L)
+        for t in (*self.k, *self.v):
+            t[:, :, dst] = t[:, :, src].clone()
+        self.valid[:, dst] = self.valid[:, src].clone()
+        self.valid[:, vacated] = False
+        self.length = L + d
+        self.index.fill_(max(self.length - 1, 0))

@@ -2,6 +2,7 @@
 
 from ..registry import ArchSpec, register
 from .config import PRESETS, LlamaConfig
+from .gguf import ADAPTER as GGUF_ADAPTER
 from .hf import ADAPTER
 from .model import Llama
 
@@ -12,6 +13,7 @@ SPEC = register(ArchSpec(
     presets=PRESETS,
     summary="Llama-family decoder: GQA + RoPE, RMSNorm, SwiGLU, no biases (SmolLM2; Qwen3 with qk_norm)",
     hf=ADAPTER,
+    gguf=GGUF_ADAPTER,
     supports_packing=True,
     state_kind="kv_cache",
     test_variants={"gqa-tied": {}, "mha-untied": dict(n_kv_heads=4, tie_embeddings=False),

@@ -83,8 +83,4 @@ PRESETS: dict[str, Preset] = {
     "smollm2-360m": Preset(dict(d_model=960, n_layers=32, n_heads=15, n_kv_heads=5, ffn_hidden=2560, vocab_size=49152,
                                 rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True),
                            params=361_821_120, note="HuggingFaceTB/SmolLM2-360M"),
-    # SLMS "Flow" 1B: 1,199,646,720 parameters with tied embeddings.
-    "flow-1b": Preset(dict(d_model=2048, n_layers=18, n_heads=16, n_kv_heads=8, ffn_hidden=8192, vocab_size=32768,
-                           rope_theta=10000.0, max_seq_len=2048, tie_embeddings=True),
-                      params=1_199_646_720, note="SLMS Flow's dense shape"),
 }

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..base import CausalLM, document_causal_mask
+from ..base import CausalLM, check_positions, document_causal_mask
 from ..layers.attention import MAX_LEN as DENSE_MAX_LEN
 from ..layers.attention import causal_bias, dense_causal_attention, use_dense
 from ..layers.kv_cache import KVCache
@@ -66,7 +66,7 @@ class Attention(nn.Module):
             write = cache.update_step if step else cache.update
             k, v = write(layer, k.to(cache.k[layer].dtype), v.to(cache.v[layer].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
-        if mask is None and cache is None and dense_bias is not None and use_dense(q):
+        if cache is None and dense_bias is not None and use_dense(q):  # the bias encodes the same mask
             y = dense_causal_attention(q, k, v, dense_bias)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         gqa = self.n_heads != self.n_kv_heads
@@ -111,11 +111,12 @@ class Block(nn.Module):
 
 class Llama(CausalLM):
     cfg: LlamaConfig
+    block_class: type[nn.Module] = Block  # architectures that change only the block (e.g. Pulse) set their own
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__(cfg)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
@@ -179,14 +180,14 @@ class Llama(CausalLM):
             if attention_mask is None:
                 attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
             positions, mask = state.reserve(attention_mask.bool())  # (B, T), (B, 1, T, S)
-            if int(positions.max()) >= self.cfg.max_seq_len:
-                raise ValueError(f"position {int(positions.max())} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            check_positions(positions, self.cfg.max_seq_len)
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
         for i, layer in enumerate(self.layers):
+            bias = self.dense_bias if mask is None else None  # the dense path knows no document masks
             if self.gradient_checkpointing and self.training and state is None:
-                x = checkpoint(layer, x, cos, sin, i, None, mask, False, self.dense_bias, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, i, None, mask, False, bias, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, i, state, mask, False, self.dense_bias)
+                x = layer(x, cos, sin, i, state, mask, False, bias)
         return self.norm(x)
 
     def hidden_step(self, input_ids: torch.Tensor, state: KVCache, attention_mask: torch.Tensor) -> torch.Tensor:
