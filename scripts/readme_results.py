@@ -60,6 +60,29 @@ def render_bench(bench_dir: Path) -> str:
     return "\n".join(lines)
 
 
+EXPORT_ROWS = (("slm (safetensors, fp32, eager)", "slm"), ("llama.cpp GGUF f32", "llamacpp_f32"),
+               ("llama.cpp GGUF f16", "llamacpp_f16"), ("llama.cpp GGUF q8_0", "llamacpp_q8_0"),
+               ("ONNX Runtime fp32", "onnx_fp32"), ("ONNX Runtime fp16", "onnx_fp16"))
+
+
+def render_export(rec: dict) -> str:
+    """runs/bench/export.json -> a table: runtime, file size, greedy tokens/s, agreement with slm."""
+    figs, extra = rec["figures"], rec.get("extra", {})
+    lines = ["| runtime | file MiB | decode tok/s | top-1 agreement with slm | same 64-token greedy text |",
+             "|---|---|---|---|---|"]
+    for label, key in EXPORT_ROWS:
+        rate = figs.get(f"{key}_tok_s")
+        if rate is None:
+            continue
+        size = figs.get(f"{key}_mib", extra.get(f"{key}_mib"))
+        top1 = figs.get(f"{key}_top1")
+        same = extra.get(f"{key}_same_greedy")
+        lines.append(f"| {label} | {size:,.1f} | {rate:,.1f} | {'-' if top1 is None else f'{top1:.3f}'} | "
+                     f"{'-' if same is None else f'{int(same)}/5'} |")
+    lines += ["", f"`{rec['command']}`; {rec['date']}; {rec['machine']}."]
+    return "\n".join(lines)
+
+
 def _fill(text: str, tag: str, body: str) -> str:
     return re.sub(rf"(<!-- {tag}:start -->\n).*?(\n<!-- {tag}:end -->)", lambda m: m.group(1) + body + m.group(2),
                   text, flags=re.S)
@@ -74,6 +97,8 @@ def main() -> int:
     bench_dir = ROOT / "runs" / "bench"
     if any(bench_dir.glob("*.json")):
         text = _fill(text, "bench", render_bench(bench_dir))
+    if (bench_dir / "export.json").is_file():
+        text = _fill(text, "export", render_export(json.loads((bench_dir / "export.json").read_text())))
     readme.write_text(text)
     print(text[text.index("## Results"):])
     return 0

@@ -17,6 +17,7 @@ LAST_LINE_KEYS = {
     "memory.py": ["slm_peak_mib", "hf_peak_mib", "ratio"],
     "lif.py": ["slm_ms"],
     "serve.py": ["ratio_4"],
+    "export.py": ["slm_tok_s", "llamacpp_f32_mib", "llamacpp_f32_tok_s", "llamacpp_f32_top1"],
 }
 
 

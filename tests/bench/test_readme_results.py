@@ -38,3 +38,14 @@ def test_fill_replaces_only_the_tagged_block():
     mod = _module()
     text = "a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb"
     assert mod._fill(text, "bench", "new") == "a\n<!-- bench:start -->\nnew\n<!-- bench:end -->\nb"
+
+
+def test_export_table_lists_each_runtime_measured():
+    rec = {"command": "python bench/export.py", "machine": "m", "date": "d",
+           "figures": {"slm_tok_s": 40.0, "llamacpp_q8_0_mib": 138.2, "llamacpp_q8_0_tok_s": 90.5,
+                       "llamacpp_q8_0_top1": 0.97},
+           "extra": {"slm_mib": 513.0, "llamacpp_q8_0_same_greedy": 3.0}}
+    table = _module().render_export(rec)
+    assert "| slm (safetensors, fp32, eager) | 513.0 | 40.0 | - | - |" in table
+    assert "| llama.cpp GGUF q8_0 | 138.2 | 90.5 | 0.970 | 3/5 |" in table
+    assert "ONNX" not in table and "`python bench/export.py`" in table

@@ -135,3 +135,16 @@ def test_unknown_task_and_bad_limit_are_one_line_errors(setup, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slm.cli", "eval", "--checkpoint", str(setup["ckpt"]), "--tasks",
                            "slm_bb_hhh_alignment", "--limit", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--limit=0" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow  # fetches the 358 MB BIG-bench sdist once into the cache (SLM_CACHE)
+def test_the_real_offline_bigbench_tasks_build_and_run(setup):
+    from slm.eval.harness import run_tasks
+    from slm.eval.offline_tasks import list_tasks
+
+    names = list_tasks()
+    assert {"slm_bb_hhh_alignment", "slm_bb_logical_deduction", "slm_bb_arithmetic_gen"} <= set(names)
+    res = run_tasks(setup["ckpt"], ["slm_bb_hhh_alignment", "slm_bb_arithmetic_1_digit_addition_gen"], limit=3,
+                    device="cpu")
+    assert res["results"]["slm_bb_hhh_alignment_harmless"]["sample_len"] == 3
+    assert "exact_match,strip" in res["results"]["slm_bb_arithmetic_1_digit_addition_gen"]

@@ -134,9 +134,13 @@ def test_cli_bad_inputs_are_one_line_errors_and_leave_nothing(tmp_path, capsys, 
     mine.write_text("a user's file")
     rc, err = _cli(capsys, str(mine), "--checkpoint", str(checkpoint))
     assert rc == 2 and "--overwrite" in err and mine.read_text() == "a user's file"
+    rc, err = _cli(capsys, str(mine), "--checkpoint", str(checkpoint), "--overwrite")
+    assert rc == 2 and "not a GGUF" in err and mine.read_text() == "a user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "mine.gguf"]  # no temp file left behind
-    assert main(["export", "gguf", str(mine), "--checkpoint", str(checkpoint), "--overwrite", "--dtype", "q8_0"]) == 0
-    assert gguf.GGUFReader(str(mine)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+    ours = tmp_path / "ours.gguf"
+    assert main(["export", "gguf", str(ours), "--checkpoint", str(checkpoint), "--dtype", "f32"]) == 0
+    assert main(["export", "gguf", str(ours), "--checkpoint", str(checkpoint), "--overwrite", "--dtype", "q8_0"]) == 0
+    assert gguf.GGUFReader(str(ours)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
 
 
 def test_cli_dtype_choices_match_the_exporters():
@@ -144,3 +148,23 @@ def test_cli_dtype_choices_match_the_exporters():
     from slm.export import onnx
 
     assert ship.GGUF_DTYPES == GGUF_DTYPES and ship.ONNX_DTYPES == tuple(onnx.ONNX_DTYPES)
+
+
+def test_byte_tokenizer_checkpoint_exports_and_round_trips(tmp_path):
+    """The merge-free byte vocabulary gets one inert merge (GGUF arrays cannot be empty); ids and logits survive."""
+    model = tiny_model()
+    tok = byte_tokenizer()
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, config=RunConfig(model=model.cfg), tokenizer=tok)
+    path = export_gguf(ckpt, tmp_path / "byte.gguf", dtype="f32")
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["tokenizer.ggml.merges"].contents() == ["a 1"]
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[:256] == [tok.id_to_token(i) for i in range(256)]
+    back_dir = import_hf(path, tmp_path / "back")
+    back, _ = load_model(back_dir)
+    ids = torch.randint(0, 261, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids), atol=1e-5, rtol=1e-5)
+    from slm.checkpoint import load_tokenizer_of
+
+    text = "a1 b2 café 42!"
+    assert load_tokenizer_of(back_dir).encode(text) == tok.encode(text)

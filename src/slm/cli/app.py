@@ -22,7 +22,7 @@ import sys
 from typing import Any, Callable
 
 from ..errors import Preempted, SlmError, os_error
-from . import convert, data, evaluate, generate, posttrain, run, serve
+from . import convert, data, evaluate, generate, posttrain, run, serve, ship
 
 # `slm` subcommands in --help order; each function adds its command (or command group) to the sub-parsers.
 COMMANDS: tuple[Callable[[Any], None], ...] = (
@@ -34,6 +34,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     generate.add_generate,  # generate
     convert.add_export,  # export hf
     convert.add_import,  # import hf
+    ship.add_push,  # push
     posttrain.register,  # sft | dpo | grpo | distill generate | distill kd | chat
     serve.add_serve,  # serve
     run.add_report,  # report

@@ -31,7 +31,7 @@ from ..errors import SlmError
 
 def _require_lm_eval():
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval  # noqa: F401  (the package itself: its absence is the error to report)
         from lm_eval.api.model import TemplateLM
     except ImportError:
         raise SlmError("slm eval --tasks needs lm-evaluation-harness: pip install 'slm[eval]' "
@@ -51,6 +51,7 @@ def make_lm(model: Any, tokenizer: Any, *, batch_size: int = 8, max_gen_toks: in
             self.batch_size = batch_size
             self.max_gen_toks = max_gen_toks
             self.seed = seed
+            self.generations: list[tuple[str, int]] = []  # every generate_until output (text, tokens)
 
         @property
         def eot_token_id(self) -> int:
@@ -93,7 +94,7 @@ def make_lm(model: Any, tokenizer: Any, *, batch_size: int = 8, max_gen_toks: in
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
             return generate_until(self.model, self.tok, [r.args for r in requests], batch_size=self.batch_size,
-                                  max_gen_toks=self.max_gen_toks, seed=self.seed)
+                                  max_gen_toks=self.max_gen_toks, seed=self.seed, record=self.generations)
 
     return SlmLM()
 
@@ -127,8 +128,9 @@ def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]], ba
 
 
 def generate_until(model: Any, tokenizer: Any, requests: list[tuple[str, dict]], *, batch_size: int,
-                   max_gen_toks: int, seed: int) -> list[str]:
-    """lm-eval's generate_until: each (context, gen_kwargs) continued until a stop string or max_gen_toks."""
+                   max_gen_toks: int, seed: int, record: list[tuple[str, int]] | None = None) -> list[str]:
+    """lm-eval's generate_until: each (context, gen_kwargs) continued until a stop string or max_gen_toks. `record`
+    collects (full generation, its token count) for `slm.eval.generation.generation_stats`."""
     from ..config import SamplingConfig
     from ..generate import generate
 
@@ -150,6 +152,8 @@ def generate_until(model: Any, tokenizer: Any, requests: list[tuple[str, dict]],
             prompts = [tokenizer.encode(requests[i][0]) or [tokenizer.bos_id or tokenizer.eos_id] for i in chunk]
             for i, new in zip(chunk, generate(model, prompts, cfg, eos_id=tokenizer.eos_id)):
                 text = tokenizer.decode(new)
+                if record is not None:
+                    record.append((text, len(new)))
                 for stop in until:
                     if stop and stop in text:
                         text = text[:text.index(stop)]
@@ -184,6 +188,11 @@ def run_tasks(checkpoint: str | Path, tasks: list[str], *, limit: int | None = N
                                    random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                    fewshot_random_seed=seed, log_samples=False, bootstrap_iters=0)
     results["slm_random_baseline"] = random_baselines(manager, list(results["results"]))
+    if lm.generations:
+        from .generation import generation_stats
+
+        texts, lengths = zip(*lm.generations)
+        results["slm_generation"] = generation_stats(list(texts), list(lengths))
     return results
 
 
@@ -212,6 +221,9 @@ def format_results(results: dict) -> str:
             metric = key.split(",")[0]
             base = baselines.get(task) if metric in ("acc", "acc_norm") else None
             lines.append(f"| {task} | {metric} | {value:.4f} | {'-' if base is None else f'{base:.4f}'} |")
+    gen = results.get("slm_generation")
+    if gen:
+        lines += ["", "generations: " + ", ".join(f"{k} {v:.3f}" for k, v in gen.items())]
     return "\n".join(lines)
 
 
@@ -226,6 +238,7 @@ def results_path(checkpoint: str | Path, results: dict) -> Path:
     path = ckpt.resolve_checkpoint(checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = run_dir / "eval" / f"lm_eval_{path.name}.json"
-    keep = {k: results[k] for k in ("results", "groups", "n-shot", "slm_random_baseline", "config") if k in results}
+    keep = {k: results[k] for k in ("results", "groups", "n-shot", "slm_random_baseline", "slm_generation", "config")
+            if k in results}
     atomic_write_text(out, json.dumps(keep, indent=2, default=str))
     return out

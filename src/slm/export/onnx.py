@@ -73,10 +73,24 @@ def _export_graph(module: nn.Module, args: tuple, dynamic_shapes: tuple, input_n
             program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                         input_names=input_names, output_names=output_names, verbose=False)
         except Exception as exc:  # torch.export / the ONNX translator raise many types for untraceable code
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SlmError(f"slm export onnx: this architecture's step does not trace ({first[:200]}); export it "
-                           f"with `slm export hf` or keep the slm checkpoint") from None
+            raise SlmError(f"slm export onnx: this architecture's {path.stem} does not trace ({_why(exc)}); ONNX needs "
+                           f"a step without data-dependent Python branches — run it with slm generate/serve") from None
     program.save(str(path))
+
+
+def _why(exc: BaseException) -> str:
+    """The cause of an export failure in one line: the slm source line torch.export stopped at, else the first line
+    of the innermost error."""
+    import re
+
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc)
+    where = re.search(r'File "[^"]*/(slm/[^"]+)", line (\d+), in \w+\s+(.+)', text)
+    if where:
+        return f"{where.group(1)}:{where.group(2)}: {where.group(3).strip()[:120]}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def export_onnx(checkpoint_dir: str | Path, out_dir: str | Path, *, dtype: str = "fp32", max_len: int | None = None,
@@ -161,6 +175,9 @@ class OnnxLM:
         import numpy as np
 
         width = max(len(p) for p in prompts)
+        if width + max_new_tokens - 1 > self.meta["max_len"]:
+            raise SlmError(f"prompt ({width}) + new tokens ({max_new_tokens}) exceed the exported state's max_len="
+                           f"{self.meta['max_len']}; export with a larger --max-len")
         ids = np.zeros((len(prompts), width), dtype=np.int64)
         mask = np.zeros((len(prompts), width), dtype=bool)
         for row, p in enumerate(prompts):

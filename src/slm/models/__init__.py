@@ -1,9 +1,7 @@
 """Models: the `CausalLM` contract (base.py), the architecture registry (registry.py), shared layers (layers/) and
 one package per architecture (llama/, ...). Importing this package registers the built-in architectures."""
 
-from . import flow, llama, pulse  # noqa: F401  (register the built-in architectures)
-from . import doge  # noqa: F401  (registers "doge")
-from . import hgrn_bit, hnet  # noqa: F401  (register "hgrn_bit" and "hnet_bit")
+from . import doge, flow, hgrn_bit, hnet, llama, pulse  # noqa: F401  (register the built-in architectures)
 from .base import DECAYED_ROLES, HIDDEN_MATRIX_ROLES, CausalLM, DecodeState, ModelConfig, Role, document_causal_mask
 from .layers.kv_cache import KVCache
 from .layers.loss import IGNORE_INDEX, chunked_cross_entropy, cross_entropy

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from .layers.loss import chunked_cross_entropy
 
 Role = Literal["embedding", "output", "matrix", "expert", "gain", "bias", "scalar"]
-# Roles whose parameters are matrices acting on hidden states: Muon's domain, weight-decayed.
-HIDDEN_MATRIX_ROLES: frozenset[str] = frozenset({"matrix", "expert"})
+# Roles whose parameters are dense matrices acting on hidden states: Muon's domain. Expert tables (e.g. Doge's rank-1
+# experts, one row per expert) are not one linear map, so orthogonalising a whole table would mix experts: AdamW.
+HIDDEN_MATRIX_ROLES: frozenset[str] = frozenset({"matrix"})
 # Roles that get decoupled weight decay (matrices of any kind; never gains, biases or scalars).
 DECAYED_ROLES: frozenset[str] = frozenset({"embedding", "output", "matrix", "expert"})
 

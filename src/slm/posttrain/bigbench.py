@@ -9,9 +9,9 @@ record, so they are stable; the val files are held out of training.
 
 Decisions:
 - BIG-bench ships as one 358 MB PyPI sdist (Apache-2.0) with TensorFlow-era dependencies, so it is never installed:
-  the sdist is fetched once with `pip download --no-deps` into a cache dir and only the needed task.json files are
-  extracted with `tarfile`. pip >= 25 refuses the sdist (its metadata declares a direct-URL dependency even with
-  --no-deps); the error says how to fetch it with an older pip in a throwaway venv.
+  the sdist is fetched once from the package index into a cache dir (checked against PyPI's sha256) and only the
+  needed task.json files are extracted with `tarfile`. `pip download` is not used: pip >= 25 refuses this sdist (its
+  metadata declares a direct-URL dependency even with --no-deps).
 - Every BIG-bench file carries a canary asking not to train on it for benchmarking; these files serve demos and
   tests of the post-training code only, never a benchmark claim.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..errors import SlmError, atomic_write_text
 from .data import content_id
 
 SDIST = "bigbench-1.0.0.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"  # PyPI's published digest
 ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 TASKS = ("hhh_alignment", "natural_instructions", "arithmetic")
 
@@ -47,17 +47,46 @@ def fetch_tasks(cache: Path, tasks: tuple[str, ...] = TASKS) -> Path:
         return base
     tarball = cache / SDIST
     if not tarball.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "bigbench==1.0.0", "-d", str(cache)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not tarball.is_file():
-            raise SlmError(f"{tarball}: download failed ({proc.stderr.strip().splitlines()[-1:] or ['?']}); pip >= 25 "
-                           f"refuses this sdist: python -m venv /tmp/oldpip && /tmp/oldpip/bin/pip install pip==24.0 "
-                           f"&& /tmp/oldpip/bin/pip download --no-deps bigbench==1.0.0 -d {cache}")
+        download_sdist(tarball)
     with tarfile.open(tarball) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("task.json")
                    and any(m.name.startswith(ROOT + t + "/") for t in tasks)]
         tar.extractall(cache, members=members, filter="data")
     return base
+
+
+def download_sdist(tarball: Path) -> None:
+    """Fetch the BIG-bench sdist from the package index (PEP 503 simple page; `PIP_INDEX_URL` if set) and check its
+    sha256. Not `pip download`: pip >= 25 refuses this sdist (its metadata declares a direct-URL dependency)."""
+    import hashlib
+    import re
+    import urllib.request
+
+    from tqdm import tqdm
+
+    from ..errors import atomic_path
+
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{index}/bigbench/", timeout=60) as page:
+            html = page.read().decode("utf-8", "replace")
+        match = re.search(r'href="([^"]*/' + re.escape(SDIST) + r')(?:#sha256=[0-9a-f]+)?"', html)
+        if match is None:
+            raise OSError(f"{index}/bigbench/ lists no {SDIST}")
+        url = match.group(1) if "://" in match.group(1) else f"{index}/bigbench/{match.group(1)}"
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(tarball) as tmp, open(tmp, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0)
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=SDIST) as bar:
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    f.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if digest.hexdigest() != SDIST_SHA256:
+                raise OSError(f"sha256 {digest.hexdigest()[:12]}... differs from the published {SDIST_SHA256[:12]}...")
+    except OSError as exc:  # URLError is an OSError
+        raise SlmError(f"{tarball}: could not download BIG-bench ({exc}); fetch {SDIST} from PyPI by hand into "
+                       f"{tarball.parent}") from None
 
 
 def _examples(path: Path) -> tuple[dict, list[dict]]:

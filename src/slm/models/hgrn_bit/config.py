@@ -39,7 +39,7 @@ class HGRNBitConfig(ModelConfig):
     """HGRN-Bit: HGRN token mixer + SwiGLU MLP, all projections ternary BitLinear (fp32 latent weights)."""
 
     arch: str = "hgrn_bit"
-    tie_embeddings: bool = False  # False = ternary BitLinear head (Simplified SLM); True = fp head shared with embedding
+    tie_embeddings: bool = False  # False: ternary BitLinear head (Simplified SLM); True: fp head = embedding
     mlp_ratio: float = 4.0  # SwiGLU width = mlp_multiple * ceil(d * mlp_ratio * 2/3 / mlp_multiple) (1536 at d 512)
     mlp_multiple: int = 256  # rounding of the SwiGLU width (MatMul-free LM: 256)
     norm_eps: float = 1e-6  # RMSNorm epsilon (Simplified SLM: 1e-6)

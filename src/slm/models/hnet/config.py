@@ -93,5 +93,6 @@ PRESETS: dict[str, Preset] = {
                                  target_ratios=[2.5], max_seq_len=1024, mlp_multiple=64)),
     # Unit tests (a 2-stage variant overrides the lists).
     "hnet-bit-test": Preset(dict(widths=[32, 48], encoder_layers=[1], decoder_layers=[1], main_pattern="xx",
-                                 target_ratios=[2.0], vocab_size=256, max_seq_len=128, mlp_multiple=32), params=103_264),
+                                 target_ratios=[2.0], vocab_size=256, max_seq_len=128, mlp_multiple=32),
+                           params=103_264),
 }

@@ -23,8 +23,8 @@ Decisions:
 - Packed documents: a document start forces p = 1 (a boundary with P = 1, which also restarts z̄) and resets every
   recurrence, so packed rows equal separate forwards (`supports_packing`).
 - The ratio loss is averaged per row (F, G per sequence), so it is a per-row mean like the token loss and gradient
-  accumulation leaves it unchanged. Logged: `aux_ratio_<s>` (the weighted loss) and `chunk_ratio_<s>` (inputs per
-  chunk, 1/F, the compression of stage s).
+  accumulation leaves it unchanged. Logged: `aux_ratio_<s>` (the weighted loss), `chunk_ratio_<s>` (inputs per
+  chunk, 1/F, the compression of stage s) and `chunk_ratio` (bytes per innermost chunk).
 - Routers and the residual projection are full precision (fp32 cosine, even under autocast), initialised to the
   identity and to zero as in H-Net; everything else is BitLinear. Widths grow inward through a learned pad vector.
 - Training FLOPs count every stage at the byte rate (the registry's upper bound); inner stages really see 1/N.
@@ -231,4 +231,6 @@ class HNetBit(RecurrentLM):
             if stage.last is not None:
                 b, _, real = stage.last
                 out[f"chunk_ratio_{s}"] = float(real.sum()) / max(float(b.sum()), 1.0)
+        if out:  # bytes per innermost chunk: the product over stages
+            out["chunk_ratio"] = float(torch.tensor(list(out.values())).prod())
         return out

@@ -90,10 +90,25 @@ class BitLinear(nn.Module):
         amax = xn.detach().float().abs().amax(dim=-1, keepdim=True).clamp_min(EPS)  # (..., 1)
         u = xn * (127.0 / amax).to(xn.dtype)
         codes_x = ste(u, u.detach().round().clamp(-128, 127))
-        gamma = ternary_scale(self.weight.detach())
-        v = self.weight / gamma
-        codes_w = ste(v, v.detach().round().clamp(-1, 1))
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            gamma = ternary_scale(self.weight.detach())
+            v = self.weight / gamma
+            codes_w = ste(v, v.detach().round().clamp(-1, 1))
+        else:
+            codes_w, gamma = self._frozen_codes()
         return F.linear(codes_x, codes_w.to(codes_x.dtype)) * (amax * (gamma / 127.0)).to(codes_x.dtype)
+
+    def _frozen_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, gamma) for inference, recomputed only when the weight changes (decode reads each weight once per
+        token instead of re-quantizing it)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        cache = self.__dict__.get("_codes_cache")
+        if cache is None or cache[0] != key:
+            gamma = ternary_scale(w)
+            cache = (key, (w / gamma).round().clamp(-1, 1), gamma)
+            self.__dict__["_codes_cache"] = cache
+        return cache[1], cache[2]
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, ternary"

@@ -12,8 +12,9 @@ Decisions:
   into h_{t-1} with weight f_t, so G_t = g_t + f_{t+1} G_{t+1}, dx_t = G_t, df_t = G_t h_{t-1}. Autograd through the
   tree would keep every level's intermediates (log2 T copies of the sequence); this keeps f and h only.
 - Computed in fp32 whatever the autocast dtype (the state accumulates over thousands of steps).
-- flash-linear-attention's Triton HGRN kernels are used on CUDA when importable (`fla.ops.hgrn`): same function,
-  in log space (their gate is log f); never imported on CPU, never required.
+- flash-linear-attention's Triton HGRN kernel is used on CUDA when importable (`fla.ops.hgrn`) and when, on a first
+  probe, it computes the same recurrence as this scan (their gate is log f); never imported on CPU, never
+  required. (Not exercised here: no CUDA machine was available; the probe is what guards it.)
 bench/hgrn_scan.py measures this scan against a per-timestep loop (forward + backward).
 """
 
@@ -54,16 +55,32 @@ class _LinearScan(torch.autograd.Function):
         return g * h_prev, g, g[:, 0] * f[:, 0]
 
 
-def _fla_scan(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor | None:
-    """flash-linear-attention's chunked HGRN kernel (CUDA, Triton), or None when unavailable."""
-    try:
-        from fla.ops.hgrn import chunk_hgrn  # optional: pip install flash-linear-attention
-    except Exception:  # noqa: BLE001 (any import failure means: use the PyTorch scan)
-        return None
+_FLA_CHECKED: dict[str, bool] = {}  # device type -> fla's kernel agreed with the PyTorch scan on a probe
+
+
+def _fla_kernel(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    from fla.ops.hgrn import chunk_hgrn  # optional: pip install flash-linear-attention
+
     # fla takes the log of the forget gate; a reset gate (f = 0) becomes a very negative number instead of -inf.
-    g = torch.log(f.clamp_min(1e-30))
-    out, _ = chunk_hgrn(x, g, initial_state=h0, output_final_state=False)
-    return out
+    out, _ = chunk_hgrn(x, torch.log(f.clamp_min(1e-30)), initial_state=h0, output_final_state=False)
+    return out.float()
+
+
+def _fla_scan(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor | None:
+    """flash-linear-attention's chunked HGRN kernel (CUDA, Triton), or None when it is not installed or, on a first
+    probe against the PyTorch scan, does not compute the same recurrence (then the PyTorch scan is used)."""
+    key = x.device.type
+    if key not in _FLA_CHECKED:
+        try:
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            pf = torch.rand(2, 100, 64, device=x.device, generator=gen)
+            px = torch.randn(2, 100, 64, device=x.device, generator=gen)
+            ph = torch.randn(2, 64, device=x.device, generator=gen)
+            want = _LinearScan.apply(pf, px, ph)
+            _FLA_CHECKED[key] = bool(torch.allclose(_fla_kernel(pf, px, ph), want, atol=1e-4, rtol=1e-4))
+        except Exception:  # noqa: BLE001 (not installed, or failing: use the PyTorch scan)
+            _FLA_CHECKED[key] = False
+    return _fla_kernel(f, x, h0) if _FLA_CHECKED[key] else None
 
 
 def linear_scan(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None = None, *,
