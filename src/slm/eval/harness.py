@@ -119,6 +119,7 @@ def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]], ba
         logprobs = F.log_softmax(model(ids.to(device)).float(), dim=-1)  # (B, T, V)
         for b, i in enumerate(chunk):
             seq, cont = rows[i]
+            cont = cont[-len(seq):]  # a continuation longer than the context window: its last max_length tokens
             n = len(cont)
             lp = logprobs[b, len(seq) - n:len(seq)]  # (n, V): the positions predicting the continuation
             target = torch.tensor(cont, device=lp.device)

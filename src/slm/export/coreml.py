@@ -178,9 +178,9 @@ def export_coreml(checkpoint_dir: str | Path, out_path: str | Path, *, seq_len: 
                                  minimum_deployment_target=getattr(ct.target, _TARGETS[minimum_deployment_target]),
                                  compute_precision=precision, skip_model_load=True)
     except Exception as exc:  # the converter raises many types (NotImplementedError, KeyError, ...) on unsupported ops
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlmError(f"slm export coreml: the {model.cfg.arch} decode step does not convert ({first[:160]}); "
-                       f"export it with `slm export onnx` instead") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SlmError(f"slm export coreml: the {model.cfg.arch} decode step does not convert "
+                       f"({type(exc).__name__}: {first[:160]}); try `slm export onnx` instead") from None
     mlmodel.short_description = f"slm {model.cfg.arch} decode step (state in/out, {seq_len} slots)"
     mlmodel.user_defined_metadata["slm"] = json.dumps({
         "arch": model.cfg.arch, "seq_len": seq_len, "vocab_size": model.cfg.vocab_size,
