@@ -65,8 +65,9 @@ def test_dense_path_only_while_compiling_on_cpu_with_grad():
 
 
 @pytest.mark.slow
-def test_compiled_model_with_dense_attention_matches_eager_grads():
-    cfg = preset_config("test", max_seq_len=64)
+@pytest.mark.parametrize("preset", ["test", "flow-test", "pulse-test"])  # flow/pulse: windowed dense attention
+def test_compiled_model_with_dense_attention_matches_eager_grads(preset):
+    cfg = preset_config(preset, max_seq_len=64)
     torch.manual_seed(0)
     model = build_model(cfg)
     x = torch.randint(0, cfg.vocab_size, (3, 40))

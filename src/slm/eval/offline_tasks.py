@@ -95,6 +95,13 @@ def build_tasks(out: Path, source: Path | None = None) -> list[str]:
     return names
 
 
+def _task_header(name: str, data: Path, output_type: str) -> list[str]:
+    """The YAML lines every offline task shares: its name, its local JSONL as the test split, the BIG-bench prompt."""
+    return [f"task: {name}", "dataset_path: json",
+            f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}", "test_split: test",
+            f"output_type: {output_type}", 'doc_to_text: "Q: {{question}}\\nA:"']
+
+
 def _write_multiple_choice(out: Path, name: str, examples: list[dict]) -> None:
     rows = []
     for e in examples:
@@ -104,12 +111,7 @@ def _write_multiple_choice(out: Path, name: str, examples: list[dict]) -> None:
     data = out / "data" / f"{name}.jsonl"
     atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     yaml_text = "\n".join([
-        f"task: {name}",
-        "dataset_path: json",
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}",
-        "test_split: test",
-        "output_type: multiple_choice",
-        'doc_to_text: "Q: {{question}}\\nA:"',
+        *_task_header(name, data, "multiple_choice"),
         'doc_to_choice: "{{choices}}"',
         'doc_to_target: "{{label}}"',
         'target_delimiter: " "',
@@ -130,12 +132,7 @@ def _write_generative(out: Path, name: str, examples: list[dict]) -> None:
     data = out / "data" / f"{name}.jsonl"
     atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     yaml_text = "\n".join([
-        f"task: {name}",
-        "dataset_path: json",
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}",
-        "test_split: test",
-        "output_type: generate_until",
-        'doc_to_text: "Q: {{question}}\\nA:"',
+        *_task_header(name, data, "generate_until"),
         'doc_to_target: "{{answer}}"',
         'generation_kwargs: {until: ["\\n"], do_sample: false, max_gen_toks: 16}',
         "filter_list:",
