@@ -47,11 +47,14 @@ def test_kill_9_at_random_moments_then_resume_is_bitwise(tmp_path, prepared):
         proc = _start(prepared, run)
         stats["restarts"] += 1
         if stats["kills"] < kills:
-            before = _latest_step(run)
+            # Kill a few steps after the latest checkpoint, at a random moment inside that step (also inside its
+            # save or prune). Counting steps, not seconds, makes the kills land on a fast machine as on a slow one:
+            # 12 kills use at most 12 x 3 of the 40 steps.
+            target = min(_latest_step(run) + rng.randint(1, 3), STEPS - 1)
             deadline = time.monotonic() + 120
-            while _latest_step(run) == before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)  # wait until training is under way (imports take seconds), then kill at random
-            time.sleep(rng.uniform(0.0, 0.6))
+            while _latest_step(run) < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0.0, 0.03))
             if proc.poll() is None:
                 proc.kill()  # SIGKILL: no handler, no cleanup
                 proc.wait()
