@@ -122,8 +122,11 @@ def emit(*, save: bool = True, extra: dict[str, float] | None = None, **figures:
 
 def machine_line() -> str:
     """Versions, threads, AMX and the load average: a busy machine explains slow figures."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    from slm.runtime import cpu_features
+
+    cpu = cpu_features()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     timing = "CPU time" if _clock is time.process_time else "wall time"
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX={'yes' if amx else 'no'}, "
+    return (f"{cpu['model']}, AVX512-BF16={'yes' if cpu['avx512_bf16'] else 'no'}, "
+            f"AMX={'yes' if cpu['amx'] else 'no'}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{os.cpu_count()} cores, load average {load}, {timing}")

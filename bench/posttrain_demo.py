@@ -2,7 +2,7 @@
 
     python bench/posttrain_demo.py [--sft-steps 15] [--dpo-steps 24] [--dpo-seq-len 512] [--section.key=value ...]
 
-Needs `slm import hf <gguf> runs/smollm2-135m-instruct` and `python -m slm.posttrain.bigbench --out
+Needs `slm import hf <gguf> --out runs/smollm2-135m-instruct` and `python -m slm.posttrain.bigbench --out
 runs/posttrain-data` first (recipes/posttrain-demo.yaml says how). Figures go to runs/posttrain-demo.json.
 """
 

@@ -6,14 +6,15 @@ Same config (the issue's reference: vocab 8192, d 384, 6 layers, 6/2 heads, FFN 
 same random batch (8 x 256), variants alternating round by round (see `harness.alternate`):
 - hf_fp32 / hf_bf16: what a user would write — `model(input_ids, labels=...).loss.backward()`, `torch.optim.AdamW`
   (its default foreach implementation), `zero_grad`; bf16 = the same under `torch.autocast("cpu", torch.bfloat16)`.
-- slm: the step `slm.train.trainer.train` runs, with its automatic choices — precision "auto" (bf16 autocast on an
-  AMX/bf16 CPU or CUDA), `torch.compile` of the model (`--train.compile=true`), fused AdamW with the trainer's param
+- slm: the step `slm.train.trainer.train` runs, with its automatic choices — precision and compile "auto", timed on
+  this model and batch by `slm.train.calibrate` (its timings are printed at warm-up), fused AdamW with the trainer's param
   groups, the fused chunked cross-entropy, the grad-norm clip the trainer always does, and freed host memory kept
   in the process between steps (`--train.keep_freed_memory`, `slm.train.hostmem`).
 - hf_bf16_keepmem: HF's bf16 loop with that same allocator setting. It is not specific to slm, so its ratio is
   printed too: the share of slm's lead that comes from the setting is visible.
-- with --ablate also slm_fp32 (eager fp32), slm_bf16 (eager bf16 autocast) and slm_glibc (the fast path with
-  glibc's allocator defaults): how much each piece buys.
+- with --ablate also every candidate of the calibration forced: slm_fp32, slm_bf16, slm_bf16_matmul (eager),
+  slm_fp32_compiled, slm_bf16_compiled, and slm_glibc (slm's choice with glibc's allocator defaults): how much each
+  piece buys, and whether the calibration picked the fastest.
 
 One worker process per variant, all alive for the whole run and driven in turn by this process (each round asks
 each worker for `--steps` timed steps). Separate processes because the allocator setting is per process and sticks:
@@ -45,6 +46,7 @@ from slm.train.hostmem import retain_freed_memory
 from slm.train.metrics import measure_gemm_flops
 from slm.train.optim import build_optimizer
 from slm.runtime import resolve_precision
+from slm.train.calibrate import PRECISIONS, calibrate, step_timer
 
 
 def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
@@ -65,6 +67,8 @@ def slm_step_fn(model: CausalLM, x: torch.Tensor, y: torch.Tensor, precision: st
     """The trainer's step (trainer.py): autocast per `precision`, summed loss / targets, clip, fused AdamW."""
     tc = TrainConfig(lr=1e-3, precision=precision, compile=compile_model)
     autocast_dtype, _ = resolve_precision(tc.precision, torch.device("cpu"))
+    if precision == "bf16-matmul":  # the worker process does nothing else: set for its life, as the trainer's fit
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     opt = build_optimizer(model, tc)
     fwd = torch.compile(model) if compile_model else model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -102,10 +106,19 @@ def build_step(name: str, args: argparse.Namespace):
         retain_freed_memory()  # as `slm.train.trainer.train` does on CPU (--train.keep_freed_memory=true)
     if name.startswith("hf_"):
         return hf_step_fn(hf_twin(make_slm()).train(), x, bf16="bf16" in name), "plain AdamW loop"
-    precision, compiled = {"slm": ("auto", not args.quick), "slm_glibc": ("auto", not args.quick),
-                           "slm_fp32": ("fp32", False), "slm_bf16": ("bf16", False)}[name]
-    step, autocast_dtype = slm_step_fn(make_slm(), x, y, precision, compiled)
-    return step, f"precision {precision} -> {autocast_dtype or 'fp32'}, compile={compiled}"
+    model = make_slm()
+    if name in ("slm", "slm_glibc"):  # the trainer's `auto`: timed on this model and batch (slm.train.calibrate)
+        timer = step_timer(model, TrainConfig(lr=1e-3), args.batch, args.seq, torch.device("cpu"))
+        choice, timings = calibrate(timer, PRECISIONS, (False,) if args.quick else (False, True), steps=10_000)
+        precision, compiled = choice.precision, choice.compile
+        how = "auto: " + ", ".join(f"{c.name} {args.batch * args.seq / t.step_s:,.0f}" for c, t in timings.items())
+    else:
+        precision, compiled = {"slm_fp32": ("fp32", False), "slm_bf16": ("bf16", False),
+                               "slm_bf16_matmul": ("bf16-matmul", False), "slm_fp32_compiled": ("fp32", True),
+                               "slm_bf16_compiled": ("bf16", True)}[name]
+        how = "forced"
+    step, autocast_dtype = slm_step_fn(model, x, y, precision, compiled)
+    return step, f"precision {precision} -> {autocast_dtype or 'fp32'}, compile={compiled} ({how})"
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -174,7 +187,7 @@ def main() -> None:
 
     names = ["hf_fp32", "hf_bf16", "hf_bf16_keepmem", "slm"]
     if args.ablate:
-        names += ["slm_fp32", "slm_bf16", "slm_glibc"]
+        names += ["slm_fp32", "slm_bf16", "slm_bf16_matmul", "slm_fp32_compiled", "slm_bf16_compiled", "slm_glibc"]
     workers = {name: Worker(name, args) for name in names}
     for name, w in workers.items():  # one at a time: kernel selection, torch.compile
         print(f"  warm-up {name}: {w.ask('warm'):.1f} s ({w.info})", flush=True)

@@ -11,19 +11,50 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def render(summary: dict) -> str:
+OLD_AMX_CPU = "Intel CPU with AMX (model not recorded), 2 cores"  # rows written before the CPU was recorded
+
+
+def cpu_label(machine: dict | None) -> str:
+    """"AMD EPYC ..., AVX512-BF16 yes, AMX no, 2 cores" from slm.runtime.cpu_features() (+ cores)."""
+    if not machine:
+        return OLD_AMX_CPU
+    yes = {True: "yes", False: "no"}
+    return (f"{machine.get('model') or 'CPU'}, AVX512-BF16 {yes[bool(machine.get('avx512_bf16'))]}, "
+            f"AMX {yes[bool(machine.get('amx'))]}, {machine.get('cores', '?')} cores")
+
+
+def _table_rows(block: str) -> dict[str, list[str]]:
+    """Rows of the first markdown table in `block` keyed by their CPU (the old one-row table: OLD_AMX_CPU)."""
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    if len(lines) < 3:
+        return {}
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    if header[0] == "CPU":
+        return {r[0]: r[1:] for r in rows}
+    return {OLD_AMX_CPU: rows[0]}
+
+
+def render(summary: dict, previous: str = "") -> str:
+    """The Results block: one row per CPU the quickstart ran on (this run's row replaces its CPU's old one) and
+    this run's first sample."""
     val, t = summary.get("val", {}), summary.get("timings", {})
+    rows = _table_rows(previous)
+    rows[cpu_label(summary.get("machine"))] = [
+        f"{val.get('loss', float('nan')):.4f}", f"{val.get('bpb', float('nan')):.4f}",
+        f"{val.get('perplexity', float('nan')):.2f}", f"{val.get('accuracy', float('nan')):.3f}",
+        f"{summary.get('tok_per_s', 0):,.0f}", f"{t.get('total_s', 0):.0f} s"]
+    choice = summary.get("precision_choice")
     lines = [
         f"Quickstart (`make demo`, {summary.get('params', 0):,} parameters, {summary['steps']} steps, "
-        f"torch {summary.get('torch', '?')}, this machine's 2 CPU cores):",
+        f"torch {summary.get('torch', '?')}), one row per CPU it ran on (the row of the latest run comes from "
+        f"`runs/quickstart/summary.json`{'; its precision/compile: ' + choice if choice else ''}):",
         "",
-        "| val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | pipeline time |",
-        "|---|---|---|---|---|---|",
-        f"| {val.get('loss', float('nan')):.4f} | {val.get('bpb', float('nan')):.4f} | "
-        f"{val.get('perplexity', float('nan')):.2f} | {val.get('accuracy', float('nan')):.3f} | "
-        f"{summary.get('tok_per_s', 0):,.0f} | {t.get('total_s', 0):.0f} s |",
+        "| CPU | val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | pipeline time |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {cpu} | {' | '.join(cells)} |" for cpu, cells in rows.items()),
         "",
-        "A sample:",
+        "A sample (latest run):",
         "",
         "```text",
         (summary.get("samples") or [""])[0].strip(),
@@ -35,14 +66,25 @@ def render(summary: dict) -> str:
 # The issue's targets per bench figure: (figure, ">=" or "<=", bound).
 TARGETS = {
     "train_throughput": [("ratio_fp32", ">=", 3.0), ("ratio_bf16", ">=", 2.0), ("mfu_bf16", ">=", 0.5)],
-    "decode": [("ratio_b1", ">=", 3.0)],
+    "decode": [("ratio_b1", ">=", 3.0), ("smollm2_vs_llamacpp_f16", ">=", 0.8)],
     "memory": [("ratio", "<=", 0.6)],
     "serve": [("ratio_16", ">=", 4.0)],
+    "step_profile": [("non_gemm_share", "<=", 0.3)],
 }
 
 
-def render_bench(bench_dir: Path) -> str:
+def _bench_key(row: str) -> tuple[str, str]:
+    """(script, CPU) of a bench table row: rows of other CPUs are kept when this machine's are rewritten."""
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    script = re.search(r"bench/(\w+)\.py", cells[0])
+    machine = cells[-1].split("; ", 1)[-1]
+    cpu = machine.split(";")[0] if not machine.startswith("torch") else re.search(r"AMX=\w+", machine).group(0)
+    return (script.group(1) if script else cells[0], cpu)
+
+
+def render_bench(bench_dir: Path, previous: str = "") -> str:
     lines = ["| bench | figures (medians) | targets | run |", "|---|---|---|---|"]
+    fresh: list[str] = []
     for path in sorted(bench_dir.glob("*.json")):
         rec = json.loads(path.read_text())
         figs = rec["figures"]
@@ -55,9 +97,11 @@ def render_bench(bench_dir: Path) -> str:
             if key in figs:
                 ok = figs[key] >= bound if op == ">=" else figs[key] <= bound
                 checks.append(f"{key} {op} {bound}: {'met' if ok else '**not met**'}")
-        lines.append(f"| `{rec['command']}` | {shown} | {'; '.join(checks) or '-'} | {rec['date']}; "
+        fresh.append(f"| `{rec['command']}` | {shown} | {'; '.join(checks) or '-'} | {rec['date']}; "
                      f"{rec['machine']} |")
-    return "\n".join(lines)
+    kept = {_bench_key(r): r for r in previous.splitlines()[2:] if r.startswith("| `")}
+    kept.update({_bench_key(r): r for r in fresh})
+    return "\n".join(lines + [kept[k] for k in sorted(kept)])
 
 
 EXPORT_ROWS = (("slm (safetensors, fp32, eager)", "slm"), ("llama.cpp GGUF f32", "llamacpp_f32"),
@@ -93,10 +137,13 @@ def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if (run_dir / "summary.json").is_file():
-        text = _fill(text, "results", render(json.loads((run_dir / "summary.json").read_text())))
+        old = re.search(r"<!-- results:start -->\n(.*?)\n<!-- results:end -->", text, flags=re.S)
+        text = _fill(text, "results", render(json.loads((run_dir / "summary.json").read_text()),
+                                             old.group(1) if old else ""))
     bench_dir = ROOT / "runs" / "bench"
     if any(bench_dir.glob("*.json")):
-        text = _fill(text, "bench", render_bench(bench_dir))
+        old = re.search(r"<!-- bench:start -->\n(.*?)\n<!-- bench:end -->", text, flags=re.S)
+        text = _fill(text, "bench", render_bench(bench_dir, old.group(1) if old else ""))
     if (bench_dir / "export.json").is_file():
         text = _fill(text, "export", render_export(json.loads((bench_dir / "export.json").read_text())))
     readme.write_text(text)

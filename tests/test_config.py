@@ -19,7 +19,13 @@ def test_every_recipe_parses(recipe):
     data = yaml.safe_load(recipe.read_text())
     if "sources" in data or "posttrain" in data:
         pytest.skip("a data-pipeline or post-training recipe: parsed by its own tests")
-    cfg = load_run_config(recipe)
+    if "sft" in data:  # a run recipe with an SFT stage (slm.posttrain.stage): both parts parse
+        from slm.posttrain.stage import load_run_recipe
+
+        cfg, stage = load_run_recipe(recipe)
+        assert stage is not None and stage.train.total_steps() > 0
+    else:
+        cfg = load_run_config(recipe)
     assert cfg.train.total_steps() > 0
 
 

@@ -10,6 +10,11 @@ Layout of `step_000100/`:
   meta.json            format tag, step, and size + sha256 of every file above — written last; a checkpoint without
                        it, or whose files differ from it, is reported as truncated with the fix
 A training checkpoint holds all of these; a model-only checkpoint (e.g. from `slm import hf`) omits the two .pt files.
+A sharded checkpoint (`--train.parallel=fsdp`) holds `dcp/` (torch.distributed.checkpoint shards of weights and
+optimizer state, one file per rank + `.metadata`) instead of model.safetensors + optimizer.pt, and meta.json says
+`"sharded": "dcp"`. DCP reshards on load, so it resumes on any world size; `load_state_dict` reads it whole in one
+process (no process group) for export, eval and init_from. Every shard is in meta.json's file list, so a missing or
+truncated shard is the same one-line error as any other missing file.
 
 Trust: a checkpoint is built in a hidden temp dir (`.step_000100.XXXX.tmp`), every file and directory is fsynced,
 meta.json is written and fsynced last, and only then is the directory renamed into place; so a listed checkpoint
@@ -26,14 +31,16 @@ a run starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -44,6 +51,7 @@ from .errors import SlmError, atomic_dir, fsync_path, loads_json, os_errors
 from .models import CausalLM, build_model
 
 FORMAT = "slm-checkpoint-v1"
+SHARDED_DIR = "dcp"  # a sharded checkpoint's torch.distributed.checkpoint folder (meta.json: "sharded")
 
 
 def _sha256(path: Path) -> str:
@@ -89,24 +97,111 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: RunConf
                        f"from an earlier checkpoint")
     with os_errors("writing checkpoint", path), atomic_dir(path, overwrite=overwrite, kind="checkpoint") as tmp:
         _write_file(tmp / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}), path)
-        save_config(config, tmp / "config.yaml")
-        if tokenizer is not None:
-            if hasattr(tokenizer, "save"):
-                tokenizer.save(tmp / "tokenizer")
-            else:
-                shutil.copytree(tokenizer, tmp / "tokenizer")
         if optimizer_state is not None:
             _write_file(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f), path)
-        if trainer_state is not None:
-            _write_file(tmp / "trainer_state.pt", lambda f: torch.save(trainer_state, f), path)
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        meta = {"format": FORMAT, "step": (trainer_state or {}).get("step"), "files": files, **(extra_meta or {})}
-        for name in files:  # everything the manifest lists is on disk before the manifest is
-            fsync_path(tmp / name)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: a dir without it is incomplete
+        _finish_checkpoint(tmp, path, config, tokenizer, trainer_state, extra_meta)
     _VERIFIED.pop(str(path.resolve()), None)
     return path
+
+
+def _finish_checkpoint(tmp: Path, path: Path, config: RunConfig, tokenizer: Any, trainer_state: dict | None,
+                       extra_meta: dict | None, sharded: bool = False) -> None:
+    """Config, tokenizer and trainer state next to the weights already in `tmp`, then the manifest (meta.json) last."""
+    save_config(config, tmp / "config.yaml")
+    if tokenizer is not None:
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(tmp / "tokenizer")
+        else:
+            shutil.copytree(tokenizer, tmp / "tokenizer")
+    if trainer_state is not None:
+        _write_file(tmp / "trainer_state.pt", lambda f: torch.save(trainer_state, f), path)
+    files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    meta = {"format": FORMAT, "step": (trainer_state or {}).get("step"), "files": files, **(extra_meta or {})}
+    if sharded:
+        meta["sharded"] = SHARDED_DIR
+    for name in files:  # everything the manifest lists is on disk before the manifest is
+        fsync_path(tmp / name)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: a dir without it is incomplete
+
+
+def _share_from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (as is without a process group)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def save_sharded_checkpoint(path: str | Path, *, state: dict, main: bool, config: RunConfig, tokenizer: Any = None,
+                            trainer_state: dict | None = None, extra_meta: dict | None = None,
+                            overwrite: bool = False) -> Path:
+    """Collective (every rank calls it): write a sharded checkpoint, the same directory as `save_checkpoint` with
+    `dcp/` (torch.distributed.checkpoint: one `__<rank>_0.distcp` file per rank, `.metadata` written by rank 0 once
+    every rank's shard is on disk) in place of model.safetensors + optimizer.pt. `state` is the DCP state dict
+    ({"model": ..., "optim": ...}, DTensor shards or whole tensors). Rank 0 owns the temp dir, writes the replicated
+    files and meta.json (listing every shard with its size and sha256) last, then renames the dir into place."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    if not main:
+        tmp = _share_from_main(None)
+        if tmp is None:  # rank 0 failed before the save started; it raises, the job fails there
+            raise SlmError(f"{path}: not saved — rank 0 could not create the checkpoint dir")
+        dcp.save(state, checkpoint_id=Path(tmp) / SHARDED_DIR)  # no_dist: False (a non-main rank has a group)
+        return path
+    with os_errors("writing checkpoint", path), atomic_dir(path, overwrite=overwrite, kind="checkpoint") as tmp:
+        _share_from_main(str(tmp))
+        try:
+            with single_process_dcp():
+                dcp.save(state, checkpoint_id=tmp / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
+        except RuntimeError as exc:
+            free = shutil.disk_usage(tmp).free
+            raise SlmError(f"{path}: writing the sharded state failed ({str(exc).splitlines()[0][:120]}); "
+                           f"{free / 2**20:,.0f} MiB free — free space or write elsewhere") from None
+        _finish_checkpoint(tmp, path, config, tokenizer, trainer_state, extra_meta, sharded=True)
+    _VERIFIED.pop(str(path.resolve()), None)
+    return path
+
+
+@contextlib.contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """DCP warns on every single-process save/load ("assuming the intent is ..."): that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether checkpoint `path` holds its weights and optimizer state as DCP shards (see save_sharded_checkpoint)."""
+    try:
+        meta = loads_json((Path(path) / "meta.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("sharded") == SHARDED_DIR
+
+
+def _load_sharded_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of a sharded checkpoint, read in this process alone (no process group): what
+    `slm export` / `slm eval` / `--train.init_from` need. Shapes and dtypes come from the DCP metadata."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path / SHARDED_DIR))
+    try:
+        entries = reader.read_metadata().state_dict_metadata
+        state = {k.removeprefix("model."): torch.empty(tuple(m.size), dtype=m.properties.dtype)
+                 for k, m in entries.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+        with single_process_dcp():
+            dcp.load({"model": state}, storage_reader=reader, no_dist=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        why = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise SlmError(f"{path / SHARDED_DIR}: unreadable sharded weights ({type(exc).__name__}: {why}); the "
+                       f"checkpoint is corrupt — re-save it or use an earlier one") from None
+    return state
 
 
 def _write_file(path: Path, write: Any, dest: Path) -> None:
@@ -176,6 +271,8 @@ def load_config(path: str | Path) -> RunConfig:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a verified checkpoint (sizes and sha256 against meta.json; hashed once per process)."""
     verify_checkpoint(path)
+    if is_sharded(path):
+        return _load_sharded_weights(Path(path))
     f = Path(path) / "model.safetensors"
     try:
         return load_file(str(f))
@@ -210,8 +307,11 @@ def load_training_state(path: str | Path) -> tuple[dict, dict]:
     """Optimizer state and trainer state of a training checkpoint (weights_only: never unpickles arbitrary objects)."""
     path = Path(path)
     verify_checkpoint(path)
-    out = []
-    for name in ("optimizer.pt", "trainer_state.pt"):
+    out: list[dict] = []
+    names = ("optimizer.pt", "trainer_state.pt")
+    if is_sharded(path):  # the optimizer state is in dcp/, read collectively by the trainer
+        out, names = [{}], ("trainer_state.pt",)
+    for name in names:
         f = path / name
         if not f.is_file():
             raise SlmError(f"{path}: model-only checkpoint (no {name}); it can be fine-tuned from "

@@ -140,6 +140,7 @@ class DataConfig:
     val_fraction: float = 0.05  # share of documents held out for validation (by document hash, deterministic)
     num_workers: int = 2  # tokenizer worker processes
     prepared_dir: str = ""  # prepared token shards; "" = <run dir>/data
+    dedup: bool = True  # drop exact + MinHash near-duplicates, and train docs near-duplicating val (needs datatrove)
 
     def __post_init__(self) -> None:
         check_choices(self, "data")
@@ -177,9 +178,13 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # bf16: autocast; fp16: autocast + GradScaler (CUDA)
-    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the model; auto: CUDA, CPU runs of >= 1M tokens
+    # bf16: autocast; fp16: autocast + GradScaler (CUDA); bf16-matmul: fp32 with bf16 matmul math (CPU);
+    # auto: timed on this machine for CPU runs of >= 1M tokens (slm.train.calibrate), bf16/fp16 on CUDA
+    precision: Literal["auto", "fp32", "bf16", "bf16-matmul", "fp16"] = "auto"
+    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the model; auto: timed with precision, CUDA: on
+    calibration: str = ""  # set by precision/compile auto: what was chosen and the tok/s it measured (informational)
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # ddp or fsdp (FSDP2, sharded); auto: fsdp from 500M params
     loss_chunk: int = 4096  # rows per chunk of the chunked cross-entropy
     eval_every: int = 100  # steps between validation evals (0 = only at the end)
     eval_batches: int = 20  # validation batches per eval (0 = the whole val split)

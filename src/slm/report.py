@@ -1,8 +1,9 @@
 """Run report: Markdown with PNG plots of loss, bits-per-byte, learning rate and throughput, plus the samples.
 
 Everything in it is read back from the run's own files (metrics.jsonl, summary.json, config.yaml), so a report can be
-regenerated for any finished run (`slm report RUN_DIR`) and never contains a typed-in figure. matplotlib runs on the
-Agg backend: no display needed.
+regenerated for any finished run (`slm report RUN_DIR`) and never contains a typed-in figure; lm-eval results that
+`slm eval --tasks` saved in <run dir>/eval/ get a table each. matplotlib runs on the Agg backend: no display needed.
+Several runs side by side, as one HTML page: `slm.report_compare`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,68 @@ def stability_section(records: list[dict]) -> list[str]:
     return lines
 
 
+def data_section(data: dict | None) -> list[str]:
+    """Markdown lines on the run's dataset: documents per split and what dedup removed (or that it was skipped)."""
+    if not data:
+        return []
+    from .data.dedup import describe_dedup
+
+    docs = ", ".join(f"{data[k]:,} {k.removesuffix('_documents')}" for k in ("train_documents", "val_documents")
+                     if isinstance(data.get(k), int))
+    return ["## Data", "", f"{docs} documents in `{data.get('dir')}`; {describe_dedup(data.get('dedup'))}.", ""]
+
+
+def sft_section(run_dir: Path, sft: dict | None) -> list[str]:
+    """Markdown on `slm run`'s SFT stage (slm.posttrain.stage): chats, loss before/after, loss curve, replies."""
+    if not sft:
+        return []
+    lines = ["## SFT: chat fine-tuning", ""]
+    chats = sft.get("chats") or {}
+    if chats.get("source") == "corpus":
+        lines += [f"{chats.get('train_conversations', 0):,} train / {chats.get('val_conversations', 0):,} held-out "
+                  f"conversations derived from the corpus ({chats.get('train_documents', 0)} / "
+                  f"{chats.get('val_documents', 0)} documents, split by document) in `{chats.get('dir')}`.", ""]
+    elif chats:
+        lines += [f"Chats from {', '.join(chats.get('train_data') or [])}.", ""]
+    before, after = sft.get("eval_before") or {}, sft.get("eval_after") or {}
+    rows = [("steps", sft.get("steps")), ("held-out chat loss before", before.get("loss")),
+            ("held-out chat loss after", after.get("loss")), ("first train loss", sft.get("train_loss_first")),
+            ("last train loss", sft.get("train_loss_last")), ("checkpoint", sft.get("checkpoint"))]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None]
+    lines.append("")
+    records = MetricsLogger.read_jsonl(run_dir / "sft" / "metrics.jsonl") if (run_dir / "sft" / "metrics.jsonl"
+                                                                                ).is_file() else []
+    if _plot(run_dir / "plots" / "sft_loss.png", "SFT loss (assistant tokens)",
+             [("train", *_series(records, "train", "loss")), ("val", *_series(records, "eval", "loss"))], "nats/token"):
+        lines += ["![SFT loss](plots/sft_loss.png)", ""]
+    for reply in sft.get("replies") or []:
+        lines += ["```text", f"user: {reply.get('user')}", f"assistant: {reply.get('assistant')}", "```", ""]
+    return lines
+
+
+def lm_eval_section(run_dir: Path) -> list[str]:
+    """Markdown tables of the lm-eval results `slm eval --tasks` saved in <run dir>/eval/, one per checkpoint."""
+    files = sorted((run_dir / "eval").glob("lm_eval_*.json"))
+    if not files:
+        return []
+    from .eval.harness import format_results
+
+    lines = ["## Benchmark tasks (lm-eval)", ""]
+    for path in files:
+        try:
+            results = loads_json(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            results = None
+        if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
+            raise SlmError(f"{path}: corrupt lm-eval results; delete it, or write it again with `slm eval "
+                           f"--checkpoint CKPT --tasks ...`")
+        limit = (results.get("config") or {}).get("limit")
+        lines += [f"`{path.stem.removeprefix('lm_eval_')}`" + (f" (--limit {limit})" if limit else "") + ":", "",
+                  format_results(results), ""]
+    return lines
+
+
 def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
     """Write <run dir>/report.md and its plots; returns the report path."""
     run_dir = Path(run_dir)
@@ -112,9 +175,12 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
             shown = f"{value:,.4f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else value)
             lines.append(f"| {name} | {shown} |")
         lines.append("")
+    lines += data_section(summary.get("data"))
+    lines += sft_section(run_dir, summary.get("sft"))
     for title, rel in made:
         lines += [f"## {title}", "", f"![{title}]({rel})", ""]
     lines += stability_section(records)
+    lines += lm_eval_section(run_dir)
     samples = summary.get("samples") or []
     in_training = [r for r in records if r.get("kind") == "sample"]
     if samples or in_training:

@@ -7,13 +7,18 @@ is the trainer's business (slm.train.parallel).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-from .errors import SlmError
+from .errors import SlmError, atomic_write_text
 
 
 @dataclass
@@ -73,7 +78,8 @@ def shutdown(info: DistInfo) -> None:
 
 
 def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether to use a GradScaler)."""
+    """(autocast dtype or None for fp32 / bf16-matmul, whether to use a GradScaler). `auto` here is the rule the
+    trainer's calibration (slm.train.calibrate) replaces by a measurement: bf16 on a bf16 GPU or AMX CPU."""
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -82,4 +88,58 @@ def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | No
             name = "bf16" if amx else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise SlmError("--train.precision=fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+    if name == "bf16-matmul":
+        if device.type != "cpu":
+            raise SlmError("--train.precision=bf16-matmul is a CPU (oneDNN) setting; use bf16 on CUDA")
+        return None, False
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Inside: fp32 matmuls on the CPU run with bf16 math (oneDNN's fp32_precision = "bf16") when `precision` is
+    "bf16-matmul"; the process-wide setting is restored on exit. Any other precision: no change."""
+    if precision != "bf16-matmul" or device.type != "cpu":
+        yield
+        return
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+def slm_cache_dir() -> Path:
+    """slm's per-machine cache (calibrations, measured peaks, offline task files): $SLM_CACHE, else ~/.cache/slm."""
+    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm"))
+
+
+def cpu_features() -> dict[str, bool | str]:
+    """What decides CPU speed choices: the model name, the ISA level torch dispatches to, the bf16 and AMX units."""
+    lines: list[str] = []
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
+    return {"model": name or platform.processor() or platform.machine(),
+            "isa": torch.backends.cpu.get_cpu_capability(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+
+
+def read_machine_cache(name: str) -> dict:
+    """The JSON object in `<slm_cache_dir()>/<name>` ({} when missing or unreadable: the caller measures again)."""
+    try:
+        data = json.loads((slm_cache_dir() / name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_machine_cache(name: str, key: str, entry: dict) -> None:
+    """Set `key` in that JSON object, written atomically; a read-only cache only costs a re-measure next time."""
+    data = read_machine_cache(name)
+    data[key] = entry
+    with contextlib.suppress(OSError):
+        (slm_cache_dir() / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(slm_cache_dir() / name, json.dumps(data, indent=1, sort_keys=True))

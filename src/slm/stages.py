@@ -1,4 +1,4 @@
-"""A recipe's stages, in order: tokenizer -> data -> train -> eval -> samples -> export -> report (`slm run`).
+"""A recipe's stages: tokenizer -> data -> train -> [sft] -> eval -> samples -> export -> report (`slm run`).
 
 Each stage writes into the run directory and is skipped on a re-run when its output exists and was made from the same
 settings (a stamp file holds a hash of the config section and inputs that produced it), so a crashed or extended run
@@ -14,18 +14,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import RunConfig, save_config
+from .config import RunConfig
 from .data.corpora import resolve_input
 from .errors import SlmError, atomic_dir, atomic_write_text, check_output_dir
 from .models import get_arch, with_vocab
 from .runtime import DistInfo, barrier, init_distributed, shutdown
+
+if TYPE_CHECKING:
+    from .posttrain.stage import SFTStageConfig
 
 STAMP = ".slm_stamp.json"
 
@@ -76,6 +80,10 @@ def check_inputs(cfg: RunConfig) -> None:
     from .data.sources import list_source_files
 
     if not cfg.data.prepared_dir:
+        if cfg.data.dedup:
+            from .data.dedup import require_dedup_packages
+
+            require_dedup_packages()
         for path, glob in input_specs(cfg):
             list_source_files(path, glob)  # SlmError naming a missing path or a folder without matching files
     elif not (Path(cfg.data.prepared_dir) / "manifest.json").is_file():
@@ -116,20 +124,26 @@ def stage_tokenizer(cfg: RunConfig, out: Path, progress: bool = True):
 def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True, overwrite: bool = True) -> Path:
     """Prepare the recipe's data into `out` unless it already holds it (same stamp). `overwrite=False` (`slm data
     prepare` without --overwrite) refuses to replace a dataset prepared from other settings."""
+    from .data.dedup import DedupConfig
     from .data.pack import prepare_dataset
 
     specs = input_specs(cfg)
-    fp = _fingerprint(tokenizer.hash(), specs, _source_options(cfg), cfg.data.val_fraction, cfg.run.seed)
+    fp = _fingerprint(tokenizer.hash(), specs, _source_options(cfg), cfg.data.val_fraction, cfg.run.seed,
+                      cfg.data.dedup)
     if (out / "manifest.json").is_file() and _stamp_matches(out, fp):
         return out
     check_output_dir(out, overwrite=overwrite)
+    if cfg.data.dedup:
+        from .data.dedup import require_dedup_packages
+
+        require_dedup_packages()
     globs = {g for _, g in specs}
     if len(globs) > 1:
         raise SlmError("--data.inputs: inputs need different file globs (a builtin corpus mixed with folders); "
                        "prepare them separately or list files explicitly")
     prepare_dataset([p for p, _ in specs], tokenizer, str(out), val_fraction=cfg.data.val_fraction,
                     seed=cfg.run.seed, num_workers=cfg.data.num_workers, glob=globs.pop(), progress=progress,
-                    **_source_options(cfg))
+                    dedup=DedupConfig() if cfg.data.dedup else None, **_source_options(cfg))
     atomic_write_text(out / STAMP, json.dumps({"fingerprint": fp}))
     return out
 
@@ -176,16 +190,25 @@ def resolve_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
     return dataclasses.replace(cfg, model=with_vocab(cfg.model, vocab_size))
 
 
-def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None = None) -> dict:
-    """Run every stage of a recipe; returns a summary dict (also written to <run dir>/summary.json)."""
+def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None = None,
+                 sft: SFTStageConfig | None = None) -> dict:
+    """Run every stage of a recipe; returns a summary dict (also written to <run dir>/summary.json). `sft`: the
+    recipe's SFT stage (`slm.posttrain.stage.SFTStageConfig`), run after pretraining; the export is of its model."""
     from .data.loader import TokenDataset
     from .report import write_report
     from . import checkpoint as ckpt
     from .train.pretrain import PretrainTask
     from .runtime import resolve_precision
-    from .train.trainer import train
+    from .runtime import cpu_features
+    from .train.calibrate import resolve_for_run
+    from .train.trainer import refuse_reused_run_dir, train
 
     t_start = time.perf_counter()
+    refuse_reused_run_dir(cfg)  # a refused run leaves the run dir as it was: checked before anything is written
+    if sft is not None:
+        from .posttrain.stage import check_sft_inputs
+
+        check_sft_inputs(sft, cfg)  # chat files, SFT seq_len, <run dir>/sft not reused: before any stage runs
     dist = dist or init_distributed(cfg.run.device)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,11 +232,14 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     barrier(dist)
     dataset = TokenDataset(str(data_dir))
     timings["data_s"] = time.perf_counter() - t
+    data_summary = {"dir": str(data_dir),
+                    "dedup": dataset.manifest.get("dedup") or ({"data_recipe": True} if "pipeline" in dataset.manifest
+                                                               else None),
+                    **{f"{split}_documents": info.get("documents") for split, info in dataset.manifest["splits"].items()}}
 
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)  # resolved: every stage from here on reads this one object
-    dataset.check_vocab(cfg.model.vocab_size)
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+    dataset.check_vocab(cfg.model.vocab_size)  # config.yaml: written by the trainer once its run-dir checks pass
+    cfg = resolve_for_run(cfg, dist, log=(lambda m: print(f"slm: {m}", file=sys.stderr)) if progress else None)
     autocast_dtype, _ = resolve_precision(cfg.train.precision, dist.device)
     task = PretrainTask(dataset, tokenizer.token_byte_lengths(), cfg, autocast_dtype)
 
@@ -224,11 +250,21 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": result.step, "tok_per_s": result.tok_per_s,
                                "skipped_steps": result.skipped_steps, "spiked_steps": result.extras.get("spiked_steps"),
                                "rollbacks": result.extras.get("rollbacks"), "checkpoint": str(result.checkpoint),
-                               "best_checkpoint": str(result.best_checkpoint)}
+                               "best_checkpoint": str(result.best_checkpoint), "data": data_summary}
+    final_checkpoint = result.checkpoint
+    if sft is not None:  # pretrained checkpoint -> chat fine-tune in <run dir>/sft (slm.posttrain.stage)
+        from .posttrain.stage import run_sft_stage
+
+        t = time.perf_counter()
+        summary["sft"] = run_sft_stage(sft, cfg, result.checkpoint, lambda: _iter_corpus_texts(cfg),
+                                       progress=progress, dist=dist)
+        final_checkpoint = Path(summary["sft"]["checkpoint"])
+        timings["sft_s"] = time.perf_counter() - t
     if dist.is_main:
         t = time.perf_counter()
         model, _ = ckpt.load_model(result.checkpoint, device=dist.device)
-        final = task.evaluate(model, cfg.eval.seq_len or cfg.train.phase_list()[-1].seq_len, cfg.eval.max_batches)
+        final = task.evaluate(model, cfg.eval.seq_len or cfg.train.phase_list()[-1].seq_len, cfg.eval.max_batches,
+                              progress=progress)
         summary["val"] = final
         timings["eval_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -241,12 +277,15 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
             from .export.hf import export_hf
 
             t = time.perf_counter()
-            summary["hf_dir"] = str(export_hf(result.checkpoint, run_dir / "hf", dtype=cfg.export.dtype,
+            summary["hf_dir"] = str(export_hf(final_checkpoint, run_dir / "hf", dtype=cfg.export.dtype,
                                                  overwrite=True))
             timings["export_s"] = time.perf_counter() - t
         summary["timings"] = {**timings, "total_s": time.perf_counter() - t_start}
         summary["params"] = model.num_parameters()
         summary["torch"] = torch.__version__
+        summary["machine"] = {**cpu_features(), "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+        summary["precision_choice"] = (f"{cfg.train.precision}, compile {cfg.train.compile}"
+                                       + (f" — {cfg.train.calibration}" if cfg.train.calibration else ""))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         summary["report"] = str(write_report(run_dir, summary))
     barrier(dist)

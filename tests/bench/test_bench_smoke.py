@@ -18,6 +18,8 @@ LAST_LINE_KEYS = {
     "lif.py": ["slm_ms"],
     "serve.py": ["ratio_4"],
     "export.py": ["slm_tok_s", "llamacpp_f32_mib", "llamacpp_f32_top1"],
+    "distributed.py": ["ddp_efficiency", "fsdp_efficiency", "fsdp_state_ratio"],
+    "step_profile.py": ["non_gemm_share", "step_ms", "gemm_ms"],
 }
 
 

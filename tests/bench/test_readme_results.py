@@ -49,3 +49,31 @@ def test_export_table_lists_each_runtime_measured():
     assert "| slm (safetensors, fp32, eager) | 513.0 | 40.0 | - | - |" in table
     assert "| llama.cpp GGUF q8_0 | 138.2 | 90.5 | 0.970 | 3/5 |" in table
     assert "ONNX" not in table and "`python bench/export.py`" in table
+
+
+def test_rows_of_other_cpus_are_kept_and_this_cpus_row_is_replaced(tmp_path):
+    mod = _module()
+    amx_row = ("| `python bench/memory.py` | ratio 0.51 | - | 2026-11-22; torch 2.13.0+cpu, 2 threads, AMX=yes, 2 cores, "
+               "load average 1.5, wall time |")
+    zen_old = ("| `python bench/memory.py` | ratio 0.9 | - | 2026-12-01; AMD EPYC, AVX512-BF16=yes, AMX=no; torch 2.13.0, "
+               "2 threads |")
+    previous = "| bench | figures (medians) | targets | run |\n|---|---|---|---|\n" + amx_row + "\n" + zen_old
+    (tmp_path / "memory.json").write_text(json.dumps(
+        {"command": "python bench/memory.py", "machine": "AMD EPYC, AVX512-BF16=yes, AMX=no; torch 2.13.0, 2 threads",
+         "date": "2026-12-02", "figures": {"ratio": 0.55}}))
+    table = mod.render_bench(tmp_path, previous)
+    assert amx_row in table and zen_old not in table and "ratio 0.55" in table
+
+
+def test_results_table_has_one_row_per_cpu():
+    mod = _module()
+    old_block = ("Quickstart ...\n\n| val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | "
+                 "pipeline time |\n|---|---|---|---|---|---|\n| 4.0220 | 1.9183 | 55.81 | 0.284 | 19,196 | 196 s |")
+    summary = {"steps": 800, "params": 10, "val": {"loss": 4.1, "bpb": 1.95, "perplexity": 60.0, "accuracy": 0.28},
+               "tok_per_s": 12000, "timings": {"total_s": 250}, "samples": ["Romeo."],
+               "machine": {"model": "AMD EPYC", "avx512_bf16": True, "amx": False, "cores": 2}}
+    block = mod.render(summary, old_block)
+    assert f"| {mod.OLD_AMX_CPU} | 4.0220 | 1.9183 |" in block
+    assert "| AMD EPYC, AVX512-BF16 yes, AMX no, 2 cores | 4.1000 | 1.9500 |" in block
+    again = mod.render({**summary, "val": {**summary["val"], "bpb": 1.9}}, block)  # the same CPU: its row replaced
+    assert again.count("AMD EPYC") == 1 and "1.9000" in again and mod.OLD_AMX_CPU in again

@@ -334,5 +334,36 @@ def test_register_upload_parser(tmp_path: Path) -> None:
 
     parser = argparse.ArgumentParser()
     register_upload(parser.add_subparsers(dest="sub"))
-    args = parser.parse_args(["upload", "ds", "./copy", "--private"])
-    assert args.folder == "ds" and args.target == "./copy" and args.private and callable(args.fn)
+    args = parser.parse_args(["upload", "ds", "--out", "./copy", "--private"])
+    assert args.folder == "ds" and args.out == "./copy" and args.private and callable(args.fn)
+
+
+def test_slurm_without_sbatch_is_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    from slm.cli import main
+
+    (tmp_path / "a.txt").write_text("text")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(_recipe(tmp_path, [{"name": "a", "path": str(tmp_path / "a.txt")}])))
+    monkeypatch.setattr(pl.shutil, "which", lambda name: None)
+    assert main(["data", "prepare", str(recipe), "--executor.kind=slurm", "--executor.partition=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sbatch" in err and "--executor.kind=local" in err, err
+    assert not (tmp_path / "work").exists() and not pl.load_data_recipe(recipe).work().exists()
+
+
+def test_datatrove_console_lines_only_with_verbose(monkeypatch, capsys) -> None:
+    import sys
+
+    from loguru import logger
+
+    monkeypatch.delenv("SLM_VERBOSE", raising=False)
+    pl._quiet_datatrove_logs()
+    logger.info("datatrove chatter")
+    logger.warning("datatrove warning")
+    assert "chatter" not in capsys.readouterr().err
+    monkeypatch.setenv("SLM_VERBOSE", "1")  # what `slm --verbose` sets (worker processes inherit it)
+    pl._quiet_datatrove_logs()
+    logger.info("datatrove chatter")
+    assert "chatter" in capsys.readouterr().err
+    logger.remove()  # loguru's own default again, not bound to this test's captured stderr
+    logger.add(sys.__stderr__)

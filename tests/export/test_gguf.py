@@ -118,28 +118,29 @@ def test_cli_refuses_architectures_llama_cpp_cannot_hold_naming_onnx(tmp_path, c
     spec = cant[0]
     model = build_model(preset_config(spec.test_preset, vocab_size=MODEL_VOCAB))
     ckpt = save_checkpoint(tmp_path / "ckpt", model=model, config=RunConfig(model=model.cfg), tokenizer=bpe)
-    rc, err = _cli(capsys, str(tmp_path / "m.gguf"), "--checkpoint", str(ckpt))
+    rc, err = _cli(capsys, "--out", str(tmp_path / "m.gguf"), "--checkpoint", str(ckpt))
     assert rc == 2 and len(err.splitlines()) == 1 and "onnx" in err and spec.name in err
     assert not (tmp_path / "m.gguf").exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
 def test_cli_bad_inputs_are_one_line_errors_and_leave_nothing(tmp_path, capsys, checkpoint):
-    rc, err = _cli(capsys, str(tmp_path / "m.gguf"), "--checkpoint", str(checkpoint), "--dtype", "q4_k")
+    rc, err = _cli(capsys, "--out", str(tmp_path / "m.gguf"), "--checkpoint", str(checkpoint), "--dtype", "q4_k")
     assert rc == 2 and len(err.splitlines()) == 1 and "q4_k" in err
     no_tok = tiny_model()
     bare = save_checkpoint(tmp_path / "bare", model=no_tok, config=RunConfig(model=no_tok.cfg))
-    rc, err = _cli(capsys, str(tmp_path / "m.gguf"), "--checkpoint", str(bare))
+    rc, err = _cli(capsys, "--out", str(tmp_path / "m.gguf"), "--checkpoint", str(bare))
     assert rc == 2 and len(err.splitlines()) == 1 and "tokenizer" in err
     mine = tmp_path / "mine.gguf"
     mine.write_text("a user's file")
-    rc, err = _cli(capsys, str(mine), "--checkpoint", str(checkpoint))
+    rc, err = _cli(capsys, "--out", str(mine), "--checkpoint", str(checkpoint))
     assert rc == 2 and "--overwrite" in err and mine.read_text() == "a user's file"
-    rc, err = _cli(capsys, str(mine), "--checkpoint", str(checkpoint), "--overwrite")
+    rc, err = _cli(capsys, "--out", str(mine), "--checkpoint", str(checkpoint), "--overwrite")
     assert rc == 2 and "not a GGUF" in err and mine.read_text() == "a user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "mine.gguf"]  # no temp file left behind
     ours = tmp_path / "ours.gguf"
-    assert main(["export", "gguf", str(ours), "--checkpoint", str(checkpoint), "--dtype", "f32"]) == 0
-    assert main(["export", "gguf", str(ours), "--checkpoint", str(checkpoint), "--overwrite", "--dtype", "q8_0"]) == 0
+    assert main(["export", "gguf", "--checkpoint", str(checkpoint), "--out", str(ours), "--dtype", "f32"]) == 0
+    assert main(["export", "gguf", "--checkpoint", str(checkpoint), "--out", str(ours), "--overwrite",
+                 "--dtype", "q8_0"]) == 0
     assert gguf.GGUFReader(str(ours)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
 
 

@@ -62,7 +62,7 @@ def _ops(api: FakeApi) -> dict[str, object]:
 
 
 def test_push_checkpoint_uploads_an_hf_folder_and_a_card_from_the_run(fake, run_checkpoint, capsys):
-    assert main(["push", "me/tiny", "--checkpoint", str(run_checkpoint), "--license", "mit"]) == 0
+    assert main(["push", "--checkpoint", str(run_checkpoint), "--out", "me/tiny", "--license", "mit"]) == 0
     out = capsys.readouterr()
     assert TOKEN not in out.out + out.err and "me/tiny" in out.out
     ops = _ops(fake)
@@ -79,7 +79,7 @@ def test_push_checkpoint_uploads_an_hf_folder_and_a_card_from_the_run(fake, run_
 def test_push_export_uploads_a_gguf_file_as_is(fake, tmp_path):
     gguf_file = tmp_path / "m.gguf"
     gguf_file.write_bytes(b"GGUF...")
-    assert main(["push", "me/tiny-gguf", "--export", str(gguf_file), "--private"]) == 0
+    assert main(["push", str(gguf_file), "--out", "me/tiny-gguf", "--private"]) == 0
     ops = _ops(fake)
     assert set(ops) == {"m.gguf", "README.md"} and "- gguf" in ops["README.md"].decode()
     assert fake.repos == [("me/tiny-gguf", True)]
@@ -89,9 +89,9 @@ def test_push_without_a_token_or_with_bad_input_is_one_line(monkeypatch, tmp_pat
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    for args, needle in ((["me/x", "--checkpoint", str(run_checkpoint)], "HF_TOKEN"),
-                         (["not-a-repo-id", "--checkpoint", str(run_checkpoint)], "USER/NAME"),
-                         (["me/x"], "--checkpoint")):
+    for args, needle in ((["--checkpoint", str(run_checkpoint), "--out", "me/x"], "HF_TOKEN"),
+                         (["--checkpoint", str(run_checkpoint), "--out", "not-a-repo-id"], "USER/NAME"),
+                         (["--out", "me/x"], "--checkpoint"), (["--checkpoint", str(run_checkpoint)], "--out")):
         assert main(["push", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err

@@ -116,12 +116,12 @@ def test_cli_onnx_bad_inputs_are_one_line_errors(tmp_path, capsys):
     ok = save_checkpoint(tmp_path / "ok", model=model, config=RunConfig(model=model.cfg), tokenizer=byte_tokenizer())
     for ckpt, args, needle in ((ok, ["--dtype", "int4"], "int4"), (bare, [], "tokenizer"),
                                (ok, ["--max-len", "1000"], "--max-len")):
-        rc = main(["export", "onnx", str(tmp_path / "out"), "--checkpoint", str(ckpt), *args])
+        rc = main(["export", "onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *args])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and needle in err
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    rc = main(["export", "onnx", str(mine), "--checkpoint", str(bare), "--overwrite"])
+    rc = main(["export", "onnx", "--checkpoint", str(bare), "--out", str(mine), "--overwrite"])
     assert rc == 2 and (mine / "notes.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "mine", "ok"]

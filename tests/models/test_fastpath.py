@@ -36,10 +36,12 @@ def _assert_same_curve(fast: list[float], ref: list[float]) -> None:
     assert fast != ref  # the fast path really ran in bf16
 
 
-def test_bf16_autocast_loss_curve_matches_fp32(tmp_path, prepared):
+@pytest.mark.parametrize("precision", ["bf16", "bf16-matmul"])  # the calibration's CPU candidates besides fp32
+def test_bf16_loss_curve_matches_fp32(tmp_path, prepared, precision):
     ref = _curve(tmp_path, prepared, "fp32", precision="fp32")
-    fast = _curve(tmp_path, prepared, "bf16", precision="bf16")
+    fast = _curve(tmp_path, prepared, precision, precision=precision)
     _assert_same_curve(fast, ref)
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # the trainer restored the process-wide setting
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from slm.models import IGNORE_INDEX
 from slm.posttrain.config import GRPOConfig, load_posttrain_config
 from slm.posttrain.data import BadExamples, load_prompts
 from slm.posttrain.grpo import (GRPOTask, answers_match, extract_answer, group_advantages, reward_format,
-                                reward_length, reward_math)
+                                reward_length, reward_math, reward_math_partial)
 from slm.posttrain.run import run_posttrain
 from slm.posttrain.sequence import sequence_logprobs
 from slm.tokenizer.chat_template import ChatFormatter
@@ -28,6 +28,16 @@ def test_reward_functions():
     assert reward_format("x <think>a</think><answer>b</answer>", "", 1, 10) == 0.0
     assert reward_length("", "", 3, 10) == pytest.approx(0.7)
     assert extract_answer("no numbers") == "no numbers"
+
+
+def test_math_partial_reward_grades_closeness():
+    """Exact is 1; a near miss earns up to 0.5 (so a group of wrong answers still has a spread); no number is 0."""
+    assert reward_math_partial("46 + 49 = 95", "95", 5, 16) == 1.0
+    assert reward_math_partial("46 + 49 = 93", "95", 5, 16) == pytest.approx(0.5 * (1 - 2 / 95))
+    assert reward_math_partial("46 + 49 = 93", "95", 5, 16) > reward_math_partial("46 + 49 = 184", "95", 5, 16) > 0
+    assert reward_math_partial("= 500", "95", 5, 16) == 0.0  # off by more than the answer itself
+    assert reward_math_partial("I cannot say", "95", 5, 16) == 0.0
+    assert reward_math_partial("it is 1", "0", 5, 16) == 0.0  # |g| < 1: the error is relative to 1
     assert answers_match("4.0", "4") and answers_match("Paris", "paris") and not answers_match("3", "4")
 
 

@@ -33,6 +33,7 @@ def tiny_checkpoint(folder: Path, tok, *, arch_preset: str = "test", name: str =
 
 class LiveServer:
     def __init__(self, checkpoint: Path, **options) -> None:
+        options = {"compile": "false", "dtype": "fp32", **options}  # no timing in tests unless one asks
         self.opts = ServeOptions(port=0, **options)
         sock = bind_socket(self.opts.host, 0)
         self.port = sock.getsockname()[1]

@@ -100,3 +100,21 @@ def test_train_imports_nothing_above_it():
                 for alias in node.names:
                     parts = alias.name.split(".")
                     assert not (parts[0] == "slm" and len(parts) > 1 and parts[1] in above), path.name
+
+
+def test_final_eval_progress_bar_counts_batches_and_changes_no_metric(tmp_path, prepared, capsys):
+    from slm.data.loader import TokenDataset
+    from slm.models import build_model, preset_config
+    from slm.tokenizer import byte_tokenizer
+    from slm.train.pretrain import PretrainTask
+
+    cfg = tiny_config(tmp_path / "run", prepared)
+    task = PretrainTask(TokenDataset(str(prepared)), byte_tokenizer().token_byte_lengths(), cfg)
+    task.device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(preset_config("test", vocab_size=320))
+    quiet = task.evaluate(model, 32, 3)
+    assert "final eval" not in capsys.readouterr().err
+    shown = task.evaluate(model, 32, 3, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet and "final eval" in err and "0/3 [" in err  # the bar knows its length: max_batches

@@ -208,24 +208,3 @@ def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path, prepared):
     assert [p.name for p in (tmp_path / "o/checkpoints").iterdir()] == ["step_000003"]
 
 
-@pytest.mark.parametrize("setting,steps,cxx,expected", [
-    ("true", 1, False, True), ("false", 10_000, True, False),
-    ("auto", 10, True, False),  # 10 x 16 x 256 = 41k tokens: compiling would not pay
-    ("auto", 300, True, True),  # 1.2M tokens
-    ("auto", 300, False, False),  # no C++ compiler for inductor's CPU code
-])
-def test_compile_auto_on_cpu_depends_on_run_length_and_compiler(monkeypatch, setting, steps, cxx, expected):
-    from slm.train import trainer
-
-    monkeypatch.setattr(trainer.shutil, "which", lambda name: f"/usr/bin/{name}" if cxx else None)
-    tc = TrainConfig(compile=setting, steps=steps, batch_size=16, seq_len=256)
-    assert trainer.resolve_compile(tc, torch.device("cpu")) is expected
-
-
-def test_compile_auto_on_cuda_needs_triton(monkeypatch):
-    from slm.train import trainer
-
-    tc = TrainConfig(compile="auto", steps=1)
-    for found, expected in ((object(), True), (None, False)):
-        monkeypatch.setattr(trainer.importlib.util, "find_spec", lambda name, found=found: found)
-        assert trainer.resolve_compile(tc, torch.device("cuda")) is expected

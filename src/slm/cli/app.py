@@ -13,16 +13,22 @@ block is replaced by a pointer to --help), arguments that are not valid UTF-8 (t
 surrogates, which no later encoder accepts), and OS errors a user fixes (disk full, permission, read-only file
 system: `slm.errors.os_error`, naming the path). A preempted training run (SIGTERM/SIGUSR1, `--train.preempt_signals`)
 saves a checkpoint and exits 128 + the signal number, so schedulers see it was stopped, not finished.
+
+Inputs and outputs follow one convention (`slm.cli.convention`, shown at the end of `slm --help`). `--verbose`
+(before or after the command) lets third-party log lines (datatrove's) through to the console; it travels to worker
+processes as SLM_VERBOSE=1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable
 
 from ..errors import Preempted, SlmError, os_error
 from . import convert, data, evaluate, generate, posttrain, run, serve, ship
+from .convention import EPILOG
 
 # `slm` subcommands in --help order; each function adds its command (or command group) to the sub-parsers.
 COMMANDS: tuple[Callable[[Any], None], ...] = (
@@ -60,7 +66,9 @@ def check_utf8(argv: list[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="slm", description="Raw text -> a small language model: tokenizer, data, "
-                                     "pretraining, evaluation, generation and export.")
+                                     "pretraining, evaluation, generation and export.",
+                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="third-party log lines (datatrove) on the console")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_command in COMMANDS:
         add_command(sub)
@@ -73,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_utf8(argv)
         args, extra = parser.parse_known_args(argv)
+        if "--verbose" in extra:  # also accepted after the command: `slm data prepare R --verbose`
+            extra = [a for a in extra if a != "--verbose"]
+            args.verbose = True
+        if args.verbose:
+            os.environ["SLM_VERBOSE"] = "1"
         if extra and not getattr(args, "takes_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlmError, check_output_dir
+from .convention import add_out, take_out
 from .recipe import add_recipe_command, load_run_cfg, recipe_and_overrides
 
 
@@ -103,19 +104,23 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 def cmd_data_upload(args: argparse.Namespace) -> int:
     from ..data.upload import upload_dataset
 
-    where = upload_dataset(args.folder, args.target, private=args.private, revision=args.revision,
+    take_out(args, "slm data upload", old="slm data upload FOLDER TARGET", new="slm data upload FOLDER --out TARGET",
+             legacy="target")
+    where = upload_dataset(args.folder, args.out, private=args.private, revision=args.revision,
                            message=args.message)
     print(f"uploaded {args.folder} -> {where}")
     return 0
 
 
 def register_upload(data_sub: argparse._SubParsersAction) -> None:
-    """Add `slm data upload FOLDER TARGET` to the `slm data` subcommands."""
+    """Add `slm data upload FOLDER --out TARGET` to the `slm data` subcommands (the old positional TARGET is
+    deprecated)."""
     p = data_sub.add_parser("upload", help="Push a prepared dataset folder to the HF Hub (or copy it to a path)",
                             description="Upload a prepared dataset folder (manifest.json, shards, tokenizer, report) "
                                         "to a Hub dataset repo with huggingface_hub, or copy it to a local path")
     p.add_argument("folder", help="prepared dataset folder (holds manifest.json)")
-    p.add_argument("target", help="Hub dataset repo id owner/name, or a local path (./dir, /abs/dir, file://...)")
+    add_out(p, "Hub dataset repo id owner/name, or a local path (./dir, /abs/dir, file://...)")
+    p.add_argument("target", nargs="?", default=None, help=argparse.SUPPRESS)  # deprecated: --out TARGET
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--revision", default="", help="branch to upload to (default: main)")
     p.add_argument("--message", default="", help="commit message")

@@ -30,8 +30,9 @@ def _epilog() -> str:
 
 
 def _parser(sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
-            recipe_required: bool = True) -> argparse.ArgumentParser:
+            recipe_required: bool = True, out_key: str | None = "run.out_dir") -> argparse.ArgumentParser:
     return add_recipe_command(sub, name, fn, help_text, epilog=_epilog(), recipe_required=recipe_required,
+                              out_key=out_key,
                               recipe_help="YAML recipe (see recipes/posttrain-*.yaml); overrides follow as "
                                           "--section.key=value")
 
@@ -138,11 +139,11 @@ def register(sub: Any) -> None:
                              description="Teacher response generation, or logit distillation")
     dsub = distill.add_subparsers(dest="sub", metavar="SUB", required=True)
     _parser(dsub, "generate", cmd_distill_generate, "A teacher (slm checkpoint or HF folder) writes responses for "
-            "prompts to resumable JSONL (posttrain.generate.*)")
+            "prompts to resumable JSONL (posttrain.generate.*)", out_key="posttrain.generate.output")
     _parser(dsub, "kd", _train("kd"), "Logit distillation: KL to a teacher sharing the tokenizer, mixed with CE "
             "(posttrain.kd.*)")
     chat = _parser(sub, "chat", cmd_chat, "Chat with a checkpoint in the terminal through its chat template "
-                   "(streaming; /help for commands)", recipe_required=False)
+                   "(streaming; /help for commands)", recipe_required=False, out_key=None)
     chat.add_argument("--checkpoint", default="", help="checkpoint dir (or a run dir: its latest checkpoint)")
     chat.add_argument("--system", default="", help="system prompt")
     chat.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")

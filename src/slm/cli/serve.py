@@ -16,12 +16,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     opts = ServeOptions(host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
                         max_tokens=args.max_tokens, context=args.context, compile=args.compile,
-                        model_name=args.model_name, device=args.device)
+                        dtype=args.dtype, model_name=args.model_name, device=args.device)
     opts.check()
     check_installed()
     sock = bind_socket(opts.host, opts.port)
     try:
-        served, engine = load_served(args.checkpoint, opts)
+        served, engine = load_served(args.checkpoint, opts, log=lambda m: print(f"slm serve: {m}", flush=True))
         server, scheduler = build_server(served, engine, opts, log_level=args.log_level)
         host, port = sock.getsockname()[:2]
         print(f"slm serve: {served.name} ({served.arch}, {served.parameters:,} parameters, context "
@@ -53,7 +53,11 @@ def add_serve(sub: Any) -> None:
                    "max_tokens")
     p.add_argument("--context", type=int, default=d.context, help="tokens per request, prompt + reply (0 = the "
                    "model's max_seq_len)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, faster steps)")
+    p.add_argument("--compile", nargs="?", const="true", default=d.compile, choices=["auto", "true", "false"],
+                   help="torch.compile the decode step (slow start, faster steps); auto: when it pays on this machine "
+                   "(timed once per model and machine, cached)")
+    p.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "bf16"], help="decode weights; auto: the "
+                   "faster on this machine (timed once, cached)")
     p.add_argument("--model-name", default=d.model_name, help="model id clients send (default: the run name)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -21,14 +21,19 @@ Design decisions
   (hash, split, task, index) rows -- 24 bytes per document, not per byte -- and keeps the first of each hash with val
   before train, so exact copies of val documents also leave train. It runs before MinHash, whose clusters would
   otherwise pick a different survivor than exact dedup and drop every copy.
+- Run recipes (`slm run`, `data.dedup`) use the same steps without an executor: `dedup_in_process`, one task per
+  split, so every path to a dataset removes duplicates the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import re
 import struct
 import unicodedata
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,3 +293,97 @@ def count_val_matches(dups_dir: Path) -> dict:
                 docs.add((f2, d2))
     return {"band_matches_with_val": pairs, "train_docs_matching_val": len(docs)}
 
+
+
+# ------------------------------------------------------------------------------------------- in-process (slm run)
+
+
+def describe_dedup(stats: dict | None) -> str:
+    """One line for reports: what a prepared dataset's dedup removed, or that (and why) it was skipped."""
+    if not stats:
+        return "dedup: not recorded (dataset prepared before slm deduplicated run data)"
+    if stats.get("data_recipe"):
+        return "dedup: by the data recipe (its counts are in report.json beside the shards)"
+    if not stats.get("enabled"):
+        return f"dedup: skipped ({stats.get('reason', 'disabled')}); near-duplicates may straddle train/val"
+    exact = stats.get("exact_removed_train", 0) + stats.get("exact_removed_val", 0)
+    near = stats.get("near_removed_train", 0) + stats.get("near_removed_val", 0)
+    return (f"dedup: removed {stats.get('removed_documents', 0):,} document(s): {exact:,} exact and {near:,} near "
+            f"duplicate(s) (MinHash {stats.get('n_grams')}-grams, {stats.get('bands')}x{stats.get('rows')}); "
+            f"{stats.get('exact_train_copies_of_val', 0) + stats.get('train_near_copies_of_val', 0):,} of them "
+            "train copies of val documents")
+
+
+def require_dedup_packages(flag: str = "--data.dedup=true") -> None:
+    """SlmError naming `flag` when datatrove's MinHash cannot run here (a base install without its packages)."""
+    import importlib.util
+
+    missing = [m for m in ("datatrove", "xxhash") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SlmError(f"{flag}: dedup needs {', '.join(missing)}; run `pip install datatrove xxhash` "
+                       "(or `pip install -e .[data]`), or pass --data.dedup=false to skip it")
+
+
+def dedup_in_process(documents: Any, cfg: DedupConfig, work: Path) -> tuple[dict[str, list[int]], dict]:
+    """Exact + near dedup of both splits in this process, one task per split: the data recipes' steps without an
+    executor (the run recipes' `data.dedup`, `slm.data.pack`).
+
+    `documents(split)` yields that split's documents (objects with `.text`) in a fixed order, and is called once per
+    pass. Returns the positions (within each split's stream) of the documents that survive, and the removed counts:
+    exact and near duplicates per split, and train documents that near-duplicate a val document (each removed, so no
+    near-duplicate straddles the split).
+    """
+    from slm.data.pipeline import _quiet_main_process
+
+    work = Path(work)
+    sizes = {split: 0 for split in SPLIT_ORDER}
+    stats: dict[str, Any] = {"enabled": True, "exact": cfg.exact, "near": cfg.near, "n_grams": cfg.n_grams,
+                             "bands": cfg.bands, "rows": cfg.rows}
+
+    def exact_kept(split: str) -> Iterator[Any]:
+        docs = documents(split)
+        return ExactRemoveStep(work / "exact" / "remove" / split)(docs) if cfg.exact else docs
+
+    with _quiet_main_process():
+        if cfg.exact:
+            for split in SPLIT_ORDER:
+                sizes[split] = write_exact_hashes(documents(split), work / "exact" / "hashes" / split / "00000.npy")
+            exact = find_exact_duplicates(work / "exact" / "hashes", work / "exact" / "remove", tasks=1)
+            stats.update(exact_removed_train=exact["removed_train"], exact_removed_val=exact["removed_val"],
+                         exact_train_copies_of_val=exact["removed_train_copies_of_val"])
+        if cfg.near:
+            for split in SPLIT_ORDER:
+                signature = minhash_signature_step(cfg, work / "minhash" / "sigs" / split)
+                deque(signature(_counted(exact_kept(split), sizes, split, not cfg.exact), 0, 1) or (), maxlen=0)
+            for band in range(cfg.bands):
+                MinhashBucketsStep(cfg, work / "minhash")(None, band, cfg.bands)
+            with contextlib.redirect_stderr(io.StringIO()):  # datatrove's "Reading dup files" bar, per split
+                MinhashClusterStep(cfg, work / "minhash")(None, 0, 1)
+        elif not cfg.exact:
+            for split in SPLIT_ORDER:
+                sizes[split] = sum(1 for _ in documents(split))
+    kept: dict[str, list[int]] = {}
+    for split in SPLIT_ORDER:
+        positions: Iterator[Any] = iter(range(sizes[split]))
+        if cfg.exact:
+            positions = ExactRemoveStep(work / "exact" / "remove" / split)(positions)
+        exact_survivors = list(positions)
+        if cfg.near:
+            survivors = list(MinhashRemoveStep(work / "minhash" / "remove" / split)(iter(exact_survivors)))
+            stats[f"near_removed_{split}"] = len(exact_survivors) - len(survivors)
+        else:
+            survivors = exact_survivors
+        kept[split] = survivors
+    if cfg.near and cfg.decontaminate:
+        stats["train_near_copies_of_val"] = count_val_matches(work / "minhash" / "dups" / "train")[
+            "train_docs_matching_val"]
+    stats["removed_documents"] = sum(sizes.values()) - sum(len(v) for v in kept.values())
+    return kept, stats
+
+
+def _counted(docs: Iterator[Any], sizes: dict[str, int], split: str, count: bool) -> Iterator[Any]:
+    """Pass-through that counts a split's documents when no earlier pass did."""
+    for doc in docs:
+        if count:
+            sizes[split] += 1
+        yield doc

@@ -101,7 +101,7 @@ def source_root(src: SourceConfig) -> tuple[Path, str]:
     if src.hub:
         return snapshot_hub_source(src), src.glob
     folder, glob = resolve_input(src.path)
-    return Path(folder), glob or src.glob
+    return Path(folder), src.glob if src.glob != "*" else (glob or src.glob)  # a recipe's own glob wins
 
 
 def source_files(src: SourceConfig) -> tuple[Path, list[Path]]:

@@ -266,9 +266,14 @@ class BatchLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at a saved position; the global batch size and seed must match the saved run."""
+        """Resume at a saved position with the same seed. `cursor` is a global row index into the epoch's order, so
+        another layout (world size x batch size) continues the same rows when its global batch divides the cursor
+        (the trainer checks that the rows per optimizer step match: 2 ranks x 4 rows == 1 rank x 4 rows x 2
+        micro-batches). Caveat: near an epoch's end a smaller global batch may take one more batch before rolling
+        over to the next epoch."""
         saved_global = int(state["batch_size"]) * int(state["world_size"])
-        if saved_global != self.global_batch or int(state["seed"]) != self.seed:
+        aligned = int(state["cursor"]) % self.global_batch == 0
+        if (saved_global != self.global_batch and not aligned) or int(state["seed"]) != self.seed:
             raise SlmError(
                 f"data loader state is for seed={state['seed']}, global batch {saved_global} "
                 f"(batch_size {state['batch_size']} x world_size {state['world_size']}); resume with the same values "

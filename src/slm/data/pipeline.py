@@ -1,8 +1,9 @@
 """`slm data prepare recipes/data/<name>.yaml`: sources -> clean -> dedup -> mix -> tokenize + pack, on datatrove.
 
 Design decisions
-- datatrove runs everything: each stage is a datatrove executor (`LocalPipelineExecutor` with N workers, or
-  `SlurmPipelineExecutor` / `RayPipelineExecutor` chained with `depends=`), so a crashed run restarts without redoing
+- datatrove runs everything: each stage is a datatrove executor (`LocalPipelineExecutor` with N workers,
+  `RayPipelineExecutor` on a Ray cluster — both run stage after stage from this process — or `SlurmPipelineExecutor`
+  jobs chained with `depends=` and submitted), so a crashed run restarts without redoing
   finished work: datatrove writes `completions/<task>` after each task, and every file a task writes is named by its
   task and rewritten whole on a retry (ours go through a temporary file renamed at the end). The work folder carries a
   fingerprint of the recipe; a different recipe starts from scratch instead of mixing stale shards in.
@@ -21,6 +22,8 @@ Design decisions
   a side). Dedup then runs across all sources and removes train documents that duplicate val ones.
 - Reporting: small JSON files per stage and task (document/byte counts by split and source, removed-by-filter counts
   and examples, dedup counts) are merged by the pack stage into `report.json` beside the shards and into the manifest.
+- datatrove's own log lines (loguru, INFO per task) stay in each task's log file; the console gets warnings only,
+  and everything with `slm --verbose` (SLM_VERBOSE=1, inherited by worker processes).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -80,6 +85,7 @@ class ExecutorConfig:
     mem_per_cpu_gb: float = 2.0  # slurm/ray memory per CPU
     venv_path: str = ""  # slurm: venv activated in every job; "" = this interpreter's venv
     sbatch_args: dict = field(default_factory=dict)  # slurm: extra sbatch options
+    ray_address: str = ""  # ray: host:port of a running cluster (`ray start --head`); "" = $RAY_ADDRESS or a local one
 
     def __post_init__(self) -> None:
         from slm.choices import check_choices  # the one check of Literal fields
@@ -136,7 +142,8 @@ def load_data_recipe(path: str | Path | None, overrides: list[str] | None = None
 
 
 def _quiet_datatrove_logs(logfile: Any = None) -> None:
-    """datatrove prints its pipeline and stats per task at INFO; keep warnings only, and never an SlmError traceback."""
+    """datatrove prints its pipeline and stats per task at INFO; keep warnings only (all with `slm --verbose`), and
+    never an SlmError traceback."""
     from loguru import logger
 
     def keep(record: dict) -> bool:
@@ -144,7 +151,7 @@ def _quiet_datatrove_logs(logfile: Any = None) -> None:
         return exc is None or not isinstance(exc.value, SlmError)
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING", filter=keep)
+    logger.add(sys.stderr, level="INFO" if os.environ.get("SLM_VERBOSE") else "WARNING", filter=keep)
     if logfile is not None:  # the task's own log file keeps everything
         logger.add(logfile, level="DEBUG")
 
@@ -455,15 +462,67 @@ def make_executor(r: DataRecipe, stage: str, pipeline: list[Any], tasks: int, de
         import ray  # noqa: F401
     except ImportError:
         raise SlmError('--executor.kind=ray: needs ray; run `pip install "datatrove[ray]"`') from None
-    return RayPipelineExecutor(pipeline, tasks=tasks, workers=e.workers, depends=depends, logging_dir=logging_dir,
+    return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, depends=depends, logging_dir=logging_dir,
                                cpus_per_task=e.cpus_per_task, mem_per_cpu_gb=e.mem_per_cpu_gb, skip_completed=True)
 
 
+def ray_address(e: ExecutorConfig) -> str:
+    """The Ray cluster the stages run on: --executor.ray_address, else $RAY_ADDRESS, else "" (ray starts one here)."""
+    return e.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
+def _check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """One line, at once, when nothing listens at a Ray address (ray.init would retry for a minute, then trace)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto":
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError):
+        pass
+    raise SlmError(f"--executor.ray_address={address}: no Ray cluster answers there; start one with `ray start --head"
+                   f" --port=<port>` and pass its host:port, or leave it empty to run a local Ray")
+
+
+def connect_ray(e: ExecutorConfig) -> None:
+    """Join the configured Ray cluster (or start a local one) in this process before the stages are submitted."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(e)
+    local = {} if address else {"include_dashboard": False}  # options a running cluster refuses
+    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False, configure_logging=False, **local)
+
+
+def check_executor(e: ExecutorConfig) -> None:
+    """A Slurm executor needs a partition and `sbatch` on PATH, a Ray executor ray and a cluster that answers: one
+    line each, before any work (not a traceback from datatrove's submit or ray.init)."""
+    if e.kind == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise SlmError('--executor.kind=ray: needs ray; run `pip install "datatrove[ray]"`')
+        if ray_address(e):
+            _check_ray_address(ray_address(e))
+        return
+    if e.kind != "slurm":
+        return
+    if not e.partition:
+        raise SlmError("--executor.partition: required for kind=slurm (the partition jobs are submitted to)")
+    if shutil.which("sbatch") is None:
+        raise SlmError("--executor.kind=slurm: `sbatch` is not on PATH (not a Slurm login node?); run where Slurm is "
+                       "installed, or use --executor.kind=local")
+
+
 def _preflight(r: DataRecipe) -> tuple[Any, list[SourceConfig]]:
-    """Fail fast in this process: filter names/options, language model, tokenizer, every source's first document.
+    """Fail fast in this process: executor, filter names/options, language model, tokenizer, every source's first
+    document.
 
     Hub sources are downloaded here, once, and handed to the tasks as local folders.
     """
+    check_executor(r.executor)
     build_filters(r.clean.filters, str(r.work() / "removed"))
     tokenizer = load_pipeline_tokenizer(r.pack.tokenizer)
     sources = [dataclasses.replace(s, hub="", path=str(snapshot_hub_source(s))) if s.hub else s for s in r.sources]
@@ -500,12 +559,14 @@ def _require_datatrove() -> None:
 
 
 def run_data_pipeline(r: DataRecipe) -> dict:
-    """Run (or resume) the whole pipeline; returns the report (local) or the submitted stages (slurm/ray)."""
+    """Run (or resume) the whole pipeline; returns the report (local, ray) or the submitted stages (slurm)."""
     _require_datatrove()
     tokenizer, sources = _preflight(r)
     _prepare_work(r)
     stages = build_stages(r, tokenizer, quiet=r.executor.kind == "local", sources=sources)
-    if r.executor.kind != "local":
+    if r.executor.kind == "ray":  # runs the stages one after another from here, like local, on the cluster's workers
+        connect_ray(r.executor)
+    if r.executor.kind == "slurm":
         executor = None
         for stage, pipeline, tasks in stages:
             executor = make_executor(r, stage, pipeline, tasks, depends=executor)

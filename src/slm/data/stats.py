@@ -86,6 +86,8 @@ def _prepared_stats(path: Path) -> dict:
         "tokenizer_hash": dataset.manifest.get("tokenizer_hash"),
         "splits": splits,
         "doc_stats": dataset.manifest.get("doc_stats", {}),
+        "dedup": dataset.manifest.get("dedup"),
+        "data_recipe": "pipeline" in dataset.manifest,  # its dedup counts are in report.json beside the shards
     }
 
 
@@ -176,4 +178,8 @@ def format_stats(stats: dict) -> str:
     doc_stats = stats.get("doc_stats") or {}
     if doc_stats:
         lines.append("dropped/repaired: " + ", ".join(f"{k}={v}" for k, v in doc_stats.items()))
+    if stats.get("kind") == "prepared" and not stats.get("data_recipe"):
+        from slm.data.dedup import describe_dedup
+
+        lines.append(describe_dedup(stats.get("dedup")))
     return "\n".join(lines)

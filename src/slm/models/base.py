@@ -224,6 +224,18 @@ class CausalLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def shard_units(self) -> list[nn.Module]:
+        """The modules a sharded layout (FSDP2) wraps one by one: each unit's parameters are gathered just before
+        its forward and freed after it, so peak memory holds one unit in full. Default: every block of every
+        `nn.ModuleList` attribute named `layers`, at any depth (a flat stack, or an H-Net's nested encoder, main and
+        decoder stacks). A unit must only run through its `forward` (`unit(...)`) in training; the parameters outside
+        every unit (embeddings, final norm, head) belong to the root. Override when the blocks live elsewhere."""
+        units: list[nn.Module] = []
+        for name, module in self.named_modules():
+            if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers":
+                units.extend(module)
+        return units
+
     def step_metrics(self) -> dict[str, float]:
         """Architecture-specific figures of the last training forward (e.g. spike rates, expert usage), logged by the
         trainer each step. Empty for most architectures."""

@@ -56,7 +56,7 @@ class GRPOConfig:
     epsilon: float = 0.2  # PPO clip range of the importance ratio
     kl_beta: float = 0.0  # weight of the k3 KL estimate to the reference (0 = no reference model, DAPO/Dr.GRPO style)
     num_iterations: int = 1  # optimizer steps per generated batch (mu); > 1 makes the clip active
-    rewards: list[str] = field(default_factory=lambda: ["math", "format"])  # math | format | length
+    rewards: list[str] = field(default_factory=lambda: ["math", "format"])  # math | math_partial | format | length
     reward_weights: list[float] = field(default_factory=list)  # one per reward; empty = all 1.0
     scale_rewards: bool = True  # divide advantages by the group std (GRPO); false = Dr. GRPO (mean-centred only)
     eval_prompts: int = 16  # held-out prompts answered greedily at each eval (0 = no reward eval)

@@ -22,7 +22,8 @@ Decisions:
 - A completion that stopped gets its end-of-turn token appended as a trained token (the model must learn to stop);
   one cut at `max_completion_tokens` has none. Prompt tokens never carry loss.
 - Rewards are plain functions (completion text, gold answer, completion tokens, max tokens) -> float in a name map:
-  `math` (exact answer: the <answer> tag's content, else the last number, compared numerically), `format`
+  `math` (exact answer: the <answer> tag's content, else the last number, compared numerically), `math_partial`
+  (the same, with up to 0.5 for a close number: a reward a 135M model reaches in its first steps), `format`
   (<think>...</think><answer>...</answer> and nothing else), `length` (1 - tokens / max: shorter is better).
 - Loader state is (prompt order epoch/cursor, rollouts made); a resume redraws the rollout it was in the middle of
   reusing (mu > 1), which changes only which samples the remaining reuse steps see.
@@ -76,6 +77,21 @@ def reward_math(completion: str, answer: str, n_tokens: int, max_tokens: int) ->
     return 1.0 if answers_match(extract_answer(completion), answer) else 0.0
 
 
+def reward_math_partial(completion: str, answer: str, n_tokens: int, max_tokens: int) -> float:
+    """1 for the exact answer, else up to 0.5 for a number close to it (0.5 * (1 - relative error)), 0 for none.
+
+    The shaped variant of `math` for models that rarely get the answer exactly: with an exact-only reward a 135M
+    model's groups are all 0 (no advantage, no gradient) in most first steps; closeness gives every group a spread."""
+    predicted = extract_answer(completion).replace(",", "")
+    try:
+        p, g = float(predicted), float(answer.strip().replace(",", ""))
+    except ValueError:
+        return 0.0
+    if abs(p - g) < 1e-6:
+        return 1.0
+    return 0.5 * max(0.0, 1.0 - abs(p - g) / max(1.0, abs(g)))
+
+
 def reward_format(completion: str, answer: str, n_tokens: int, max_tokens: int) -> float:
     return 1.0 if _FORMAT.fullmatch(completion) else 0.0
 
@@ -85,7 +101,7 @@ def reward_length(completion: str, answer: str, n_tokens: int, max_tokens: int) 
 
 
 REWARDS: dict[str, Callable[[str, str, int, int], float]] = {
-    "math": reward_math, "format": reward_format, "length": reward_length,
+    "math": reward_math, "math_partial": reward_math_partial, "format": reward_format, "length": reward_length,
 }
 
 

@@ -144,6 +144,7 @@ def resolve_config(cfg: RunConfig, start_cfg: RunConfig, *, start_has_tokenizer:
 def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None) -> PostTrainContext:
     """Load the starting checkpoint, its tokenizer and the chat formatter; resolve the run config (`ctx.cfg`)."""
     from ..runtime import resolve_precision
+    from ..train.calibrate import resolve_for_run
 
     if not post.init_from:
         raise SlmError("--posttrain.init_from: the starting checkpoint is required (a checkpoint or run dir; "
@@ -164,6 +165,7 @@ def prepare(cfg: RunConfig, post: PostTrainConfig, dist: DistInfo | None = None)
                        f"{cfg.model.vocab_size}; use the tokenizer the model was trained with")
     model.train()
     formatter = ChatFormatter(tokenizer, post.template_text(), post.system_prompt)
+    cfg = resolve_for_run(cfg, dist, model)  # precision/compile auto, timed on the starting model
     autocast_dtype, _ = resolve_precision(cfg.train.precision, dist.device)
     return PostTrainContext(cfg, post, model, tokenizer, formatter, start, dist, autocast_dtype,
                             BadExamples(post.on_bad_example))
@@ -182,10 +184,11 @@ def _build_tokenizer(cfg: RunConfig, start: Path) -> Tokenizer:
 def run_posttrain(method: str, cfg: RunConfig, post: PostTrainConfig, *, progress: bool = True,
                   dist: DistInfo | None = None) -> dict:
     """Train with `method` (sft | dpo | kd | grpo); returns a summary (also written to <run dir>/summary.json)."""
-    from ..train.trainer import train
+    from ..train.trainer import refuse_reused_run_dir, train
 
     if method not in METHODS:
         raise SlmError(f"unknown post-training method {method!r}; choose one of {', '.join(METHODS)}")
+    refuse_reused_run_dir(cfg)  # before any work, and before posttrain.yaml is written
     ctx = prepare(cfg, post, dist)
     cfg = ctx.cfg  # resolved once; from here on the only config
     if ctx.tokenizer is not None and ctx.formatter.template != ctx.tokenizer.chat_template:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import SlmError
 
+SERVER_EXPECTED_TOKENS = 1_000_000  # decode steps a server is assumed to run (whether compiling pays)
 INSTALL_HINT = "slm serve needs starlette and uvicorn; run: pip install 'slm[serve]'"
 
 
@@ -30,7 +31,10 @@ class ServeOptions:
     max_queue: int = 256  # sequences that may wait for a row; beyond it requests get 429 + Retry-After
     max_tokens: int = 256  # new tokens of a reply that does not ask for max_tokens (cut to fit the context)
     context: int = 0  # tokens per row (prompt + reply); 0 = the model's max_seq_len
-    compile: bool = False  # torch.compile the decode step (slow start, faster steps; see slm.generate.engine)
+    # torch.compile the decode step (slow start, faster steps; see slm.generate.engine): auto | true | false;
+    # auto: when its measured compile time pays back over a server's life (timed once per machine and model, cached)
+    compile: str | bool = "auto"
+    dtype: str = "auto"  # decode weights: auto (the faster on this machine, timed once and cached) | fp32 | bf16
     model_name: str = ""  # the `model` id clients send; "" = the checkpoint's run name
     device: str = "auto"
 
@@ -62,9 +66,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_served(checkpoint: str | Path, opts: ServeOptions) -> tuple[Any, Any]:
-    """(ServedModel, DecodeEngine) of a checkpoint."""
+def load_served(checkpoint: str | Path, opts: ServeOptions,
+                log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+    """(ServedModel, DecodeEngine) of a checkpoint, in the weights dtype and compile setting `opts` asks for."""
     from .. import checkpoint as ckpt
+    from ..generate.calibrate import choose_decode
     from ..generate.engine import DecodeEngine
     from ..runtime import resolve_device
     from ..tokenizer.chat_template import ChatFormatter
@@ -83,7 +89,10 @@ def load_served(checkpoint: str | Path, opts: ServeOptions) -> tuple[Any, Any]:
     name = opts.model_name or cfg.run.name or path.name
     served = ServedModel(name=name, tokenizer=tok, formatter=formatter, arch=model.cfg.arch,
                          parameters=model.num_parameters(), context_length=context)
-    return served, DecodeEngine.of(model, compile=opts.compile)
+    compile_ = {True: "true", False: "false"}.get(opts.compile, opts.compile)  # type: ignore[call-overload]
+    model, choice = choose_decode(model, dtype=opts.dtype, compile=str(compile_), batch=opts.max_batch,
+                                  expected_tokens=SERVER_EXPECTED_TOKENS, log=log)
+    return served, DecodeEngine.of(model, compile=choice.compile)
 
 
 def check_installed() -> None:

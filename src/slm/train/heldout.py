@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import SlmError
 from ..models import IGNORE_INDEX
+from .parallel import full_value
 
 LOGITS_PER_CHUNK = 1 << 24  # fp32 logits materialised at once (64 MB)
 
@@ -111,7 +112,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     model.eval()
     try:
         with torch.no_grad():
-            head = model.output_weight.float()  # (V, C); a copy only when the model is not fp32
+            head = full_value(model.output_weight).float()  # (V, C); FSDP: gathered from the shards (all ranks)
             for i, (x, y) in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break

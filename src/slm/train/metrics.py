@@ -6,17 +6,24 @@ resumed step so a resumed run's logs read as if it had never stopped.
 
 MFU needs a peak: on CUDA it comes from a table of dense bf16/fp16 tensor-core peaks per GPU model (fp32 counts as
 TF32 at half that rate only when TF32 matmuls are allowed; otherwise it is measured); on CPU there is no table worth
-trusting (clock, cores, AMX and the neighbours' load vary), so the peak is measured once per process in the run's
-compute dtype: the best of a few repetitions of square GEMMs of three sizes. One size alone understates the peak —
-on a 2-core AMX CPU a cube that misses the L2 cache runs well below a smaller one — and an understated peak
-overstates MFU.
+trusting (clock, cores, AMX and the neighbours' load vary), so the peak is measured in the run's compute dtype: the
+best of several repetitions of square GEMMs of three sizes. One size alone understates the peak — on a 2-core AMX
+CPU a cube that misses the L2 cache runs well below a smaller one — and an understated peak overstates MFU (136-216 %
+was seen when each process measured under whatever load was running). So a measured peak is measured once per
+machine and cached (`<SLM_CACHE>/peak_flops.json`, keyed by device model, dtype, torch version and threads), and it
+can never be exceeded: a step that achieves more than the peak proves the peak low, so that rate becomes the peak
+(`Peak.mfu`) and the cached one too — MFU stays <= 100 % and the cache corrects itself. The progress bar says what
+MFU is relative to (`Peak.describe`: "1.20 TFLOP/s bf16 measured").
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,25 +35,100 @@ _GPU_PEAK_TFLOPS = [
     ("A100", 312.0), ("A10G", 125.0), ("A10", 125.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
     ("A6000", 155.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0), ("V100", 125.0), ("T4", 65.0),
 ]
-_peak_cache: dict[tuple[str, str], float] = {}
+PEAK_FILE = "peak_flops.json"  # in cache_dir(): {key: best FLOP/s} of every (device model, dtype, torch, threads)
+MEASURE_REPS = 6  # GEMM repetitions per size on a machine's first measurement; the best one counts
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Peak FLOP/s for MFU on this device and compute dtype (table on CUDA, measured GEMM on CPU)."""
-    key = (str(device), str(dtype))
-    if key in _peak_cache:
-        return _peak_cache[key]
+def cache_dir() -> Path:
+    """slm's per-machine cache: $SLM_CACHE, default ~/.cache/slm."""
+    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm"))
+
+
+@dataclass
+class Peak:
+    """The FLOP/s per device that MFU is relative to, and where it came from."""
+
+    flops: float
+    dtype: str  # compute dtype: bf16 | fp16 | fp32
+    source: str  # "spec" (GPU table) | "measured" (GEMMs, cached per machine) | "observed" (a step beat the peak)
+    cache_key: str = ""  # this peak's entry in the machine cache ("" for a spec-sheet peak)
+
+    def describe(self) -> str:
+        rate = f"{self.flops / 1e12:.2f} TFLOP/s" if self.flops >= 1e12 else f"{self.flops / 1e9:.1f} GFLOP/s"
+        return f"{rate} {self.dtype} {self.source}"
+
+    def mfu(self, achieved: float) -> float:
+        """achieved / peak, never above 1: a rate above the peak becomes the peak (and the cached one)."""
+        if achieved > self.flops:
+            self.flops, self.source = achieved, "observed"
+            if self.cache_key:
+                _store_peak(self.cache_key, achieved)
+        return achieved / self.flops if self.flops > 0 else 0.0
+
+
+def machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    """What a measured peak depends on: the device model, the dtype, torch (its kernels) and the thread count."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        tflops = next((p for frag, p in _GPU_PEAK_TFLOPS if frag in name), 0.0)
+        model = torch.cuda.get_device_name(device)
+    else:
+        model = _cpu_model()
+    return f"{device.type}|{model}|{_DTYPE_NAMES.get(dtype, str(dtype))}|torch {torch.__version__}|" \
+           f"{torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def _read_peaks() -> dict[str, float]:
+    try:
+        data = json.loads((cache_dir() / PEAK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: measure again
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and v > 0} if isinstance(data, dict) \
+        else {}
+
+
+def _store_peak(key: str, flops: float) -> None:
+    """Raise (never lower) the cached peak of `key`. A cache that cannot be written only costs a re-measurement."""
+    from ..errors import atomic_write_text
+
+    peaks = _read_peaks()
+    if peaks.get(key, 0.0) >= flops:
+        return
+    peaks[key] = flops
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_dir() / PEAK_FILE, json.dumps(peaks, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
+    """The peak for MFU on this device and compute dtype: the GPU table, else this machine's cached measurement
+    (measured now, once per machine, when there is none)."""
+    name = _DTYPE_NAMES.get(dtype, str(dtype))
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        tflops = next((p for frag, p in _GPU_PEAK_TFLOPS if frag in gpu), 0.0)
         if dtype == torch.float32:
             # TF32 tensor cores run at about half the bf16 rate; without TF32, fp32 is far slower: measure it.
             tflops = tflops / 2 if torch.backends.cuda.matmul.allow_tf32 else 0.0
-        peak = tflops * 1e12 if tflops else measure_gemm_flops(device, dtype)
-    else:
-        peak = measure_gemm_flops(device, dtype)
-    _peak_cache[key] = peak
-    return peak
+        if tflops:
+            return Peak(tflops * 1e12, name, "spec")
+    key = machine_key(device, dtype)
+    cached = _read_peaks().get(key)
+    if cached is None:
+        cached = measure_gemm_flops(device, dtype, reps=MEASURE_REPS)
+        _store_peak(key, cached)
+    return Peak(cached, name, "measured", cache_key=key)
 
 
 def measure_gemm_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 1536, 2048),

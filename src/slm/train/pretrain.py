@@ -7,8 +7,11 @@ resume positions are exactly the data loader's.
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..config import PhaseConfig, RunConfig
 from ..data.loader import BatchLoader, TokenDataset, iter_eval_batches
@@ -74,10 +77,22 @@ class PretrainTask(Task):
         b = batch.to(self.device, non_blocking=True)
         return model(b.input_ids, targets=b.targets, loss_chunk=loss_chunk)
 
-    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int) -> dict:
+    def evaluate(self, model: CausalLM, seq_len: int, max_batches: int, progress: bool = False) -> dict:
+        """Held-out metrics on the val split; `progress` shows a bar (the final eval of a run takes a minute)."""
         if self.dataset.tokens("val") <= seq_len:
             return {}
+        batch_size = self.cfg.eval.batch_size
         batches = ((x.to(self.device), y.to(self.device)) for x, y in
-                   iter_eval_batches(self.dataset, "val", seq_len, self.cfg.eval.batch_size))
-        return evaluate(model, batches, self.token_bytes, max_batches=max_batches or None,
-                        autocast_dtype=self.autocast_dtype)
+                   iter_eval_batches(self.dataset, "val", seq_len, batch_size))
+        total = -(-self.dataset.num_rows("val", seq_len) // batch_size)
+        with tqdm(total=min(total, max_batches) if max_batches else total, desc="final eval", unit="batch",
+                  dynamic_ncols=True, leave=False, disable=not progress) as bar:
+            return evaluate(model, _counted(batches, bar), self.token_bytes, max_batches=max_batches or None,
+                            autocast_dtype=self.autocast_dtype)
+
+
+def _counted(items: Iterator[Any], bar: tqdm) -> Iterator[Any]:
+    """`items`, one bar step as each is taken."""
+    for item in items:
+        yield item
+        bar.update(1)

@@ -5,7 +5,7 @@ phase, counts the loss targets of a batch and returns the summed loss of a batch
 curriculum phases, gradient accumulation, precision, clipping, non-finite skipping, the lr schedule, eval, samples,
 checkpoints, resume, metrics and progress. It is split into short methods with one job each — `step()` (one
 optimizer step), `maybe_eval()`, `maybe_sample()`, `maybe_checkpoint()`, `log_step()` — and the process layout (DDP
-today) is `slm.train.parallel`'s, so the loop never learns it either.
+or FSDP2) is `slm.train.parallel`'s, so the loop never learns it either.
 
 Decisions:
 - Loss normalisation: each optimizer step divides the summed loss by the number of targets in the whole global batch
@@ -21,6 +21,8 @@ Decisions:
   `max_skipped_steps` consecutive skips instead of spinning forever.
 - Exact resume: checkpoints hold model, optimizer, data-loader position, step/phase and RNG states, and the schedule is
   a pure function of the step; on CPU N + resume + M steps equals N + M steps bitwise (tested).
+  A sharded (FSDP) run saves with torch.distributed.checkpoint and resumes on another world size when batch_size x
+  grad_accum x processes stays the same (the loader position is a global row index); only rank 0 writes logs.
 - Healing (`slm.train.guard`): a step whose loss spikes above the running window is skipped like a non-finite one
   (kind="spike"); weights are checked finite after the update (`check_finite_every`) and before every save, so a
   non-finite model is never checkpointed; `rollback_after` bad steps in a row, or broken weights, reload the newest
@@ -34,11 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import math
 import os
-import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +48,17 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from ..config import PhaseConfig, RunConfig, TrainConfig, check_run_config, save_config
+from ..config import PhaseConfig, RunConfig, check_run_config, save_config
 from ..errors import Preempted, SlmError
 from ..models import CausalLM, init_model
 from .. import checkpoint as ckpt
-from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_precision
+from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, matmul_precision, resolve_precision
+from .calibrate import resolve_auto
 from .guard import PreemptionFlag, SpikeGuard, signal_name
 from .hostmem import retain_freed_memory
 from .metrics import MetricsLogger, peak_flops
 from .optim import build_optimizer
-from .parallel import parallelize
+from .parallel import all_finite, clip_grad_norm, load_sharded_state, parallelize, sharded_state
 from .schedule import lr_multiplier
 from .task import ResumableIterator, Task
 
@@ -71,28 +73,6 @@ class TrainResult:
     tok_per_s: float
     skipped_steps: int = 0
     extras: dict = field(default_factory=dict)
-
-
-# `--train.compile=auto` compiles a CPU run of at least this many tokens per process. Compiling costs ~15-40 s up
-# front, then steps run 1.6x (quickstart: 10.6k eager vs 16.8k tok/s compiled) to 1.8x (bench/train_throughput.py's
-# reference model: 5.2k eager bf16 vs 9.4k) faster: it pays off after ~0.3-0.5M tokens; the bound leaves a 2x margin.
-# Unit-test-sized runs stay eager.
-AUTO_COMPILE_MIN_TOKENS = 1_000_000
-
-
-def resolve_compile(tc: TrainConfig, device: torch.device) -> bool:
-    """Whether to torch.compile: `--train.compile` true/false as given; auto compiles on CUDA (when triton is there)
-    and on CPU for runs of >= AUTO_COMPILE_MIN_TOKENS tokens per process when a C++ compiler is on PATH (inductor's
-    CPU code is C++)."""
-    if tc.compile != "auto":
-        return tc.compile == "true"
-    if device.type == "cuda":
-        return importlib.util.find_spec("triton") is not None
-    if device.type != "cpu":
-        return False
-    tokens = tc.grad_accum * sum(p.steps * p.batch_size * p.seq_len for p in tc.phase_list())
-    return tokens >= AUTO_COMPILE_MIN_TOKENS and any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
-                                                                                "clang++"))
 
 
 def _tune_cpu(cfg: RunConfig, dist: DistInfo) -> None:
@@ -115,14 +95,29 @@ def _check_same_model(cfg: RunConfig, path: Path) -> None:
                        f"or start a new run dir")
 
 
+def _reused_run_dir_error(cfg: RunConfig, old: list[Path]) -> SlmError:
+    return SlmError(f"{cfg.run_dir()}: holds checkpoints of an earlier run (latest {old[-1].name}); continue it "
+                    f"with --train.resume=auto, replace it with --run.overwrite=true, or pick --run.out_dir")
+
+
+def refuse_reused_run_dir(cfg: RunConfig) -> None:
+    """Before a run writes anything into its run dir: a fresh run (no --train.resume, no --run.overwrite) into a dir
+    holding an earlier run's checkpoints is refused, so the refused run leaves config.yaml & co. as they were.
+    (A resume is checked by the trainer, which reads the checkpoints.)"""
+    if cfg.train.resume or cfg.run.overwrite:
+        return
+    old = ckpt.list_checkpoints(cfg.run_dir())
+    if old:
+        raise _reused_run_dir_error(cfg, old)
+
+
 def _check_fresh_run_dir(cfg: RunConfig, dist: DistInfo) -> None:
     """A fresh run must not mix its checkpoints with an earlier run's in the same directory."""
     old = ckpt.list_checkpoints(cfg.run_dir())
     if not old:
         return
     if not cfg.run.overwrite:
-        raise SlmError(f"{cfg.run_dir()}: holds checkpoints of an earlier run (latest {old[-1].name}); continue it "
-                       f"with --train.resume=auto, replace it with --run.overwrite=true, or pick --run.out_dir")
+        raise _reused_run_dir_error(cfg, old)
     if dist.is_main:
         import shutil
 
@@ -136,14 +131,6 @@ def _check_init_from(cfg: RunConfig, init: Path) -> None:
     bad = [k for k in sorted(set(init_cfg) | set(mine)) if init_cfg.get(k) != mine.get(k)]
     if bad:
         raise SlmError(f"--train.init_from={init}: its model differs in {', '.join(bad)}; use its config")
-
-
-def resolve_train_config(cfg: RunConfig, device: torch.device) -> RunConfig:
-    """The run config as trained: `--train.compile=auto` replaced by what it chose (so config.yaml records it)."""
-    if cfg.train.compile != "auto":
-        return cfg
-    chosen = "true" if resolve_compile(cfg.train, device) else "false"
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=chosen))
 
 
 @dataclass
@@ -192,11 +179,9 @@ class Trainer:
         check_run_config(cfg)
         self.dist = dist = dist or init_distributed(cfg.run.device)
         _tune_cpu(cfg, dist)
-        self.cfg = cfg = resolve_train_config(cfg, dist.device)
-        self.tc = tc = cfg.train
+        self.cfg, self.tc = cfg, cfg.train
         self.task, self.tokenizer, self.progress, self.sample_fn = task, tokenizer, progress, sample_fn
         self.run_dir = cfg.run_dir()
-        self.autocast_dtype, use_scaler = resolve_precision(tc.precision, dist.device)
         self.notes: list[tuple[str, dict]] = []  # (kind, record) for the log once it is open
         if dist.is_main:
             removed = ckpt.clean_stale(self.run_dir)
@@ -209,6 +194,18 @@ class Trainer:
         else:
             _check_fresh_run_dir(cfg, dist)
         self.model = self._build_model(model)
+        # precision/compile "auto": timed on this model (or the choice the resumed checkpoint recorded)
+        saved = ckpt.load_config(self.resume_from).train if self.resume_from is not None else None
+        self.cfg = cfg = resolve_auto(cfg, dist, self.model, saved=saved,
+                                      log=lambda m: tqdm.write(f"slm: {m}", file=sys.stderr) if progress else None)
+        self.tc = tc = cfg.train
+        if tc.calibration:
+            self.notes.append(("calibration", {"precision": tc.precision, "compile": tc.compile,
+                                               "why": tc.calibration}))
+        self.autocast_dtype, use_scaler = resolve_precision(tc.precision, dist.device)
+        self.parallel = parallelize(self.model, dist, tc, self.autocast_dtype)  # FSDP shards in place: optimizer after
+        if dist.enabled or self.parallel.kind == "fsdp":
+            self.notes.append(("parallel", {"layout": self.parallel.note}))
         self.optimizer = build_optimizer(self.model, tc)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.phases = tc.phase_list()
@@ -218,11 +215,11 @@ class Trainer:
         self.guard = SpikeGuard(tc.spike_zscore, tc.spike_window, tc.spike_min_steps)
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.parallel = parallelize(torch.compile(self.model) if tc.compile == "true" else self.model, dist)
         self.logger = self._open_logger()
         if dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-        self.peak = peak_flops(dist.device, self.autocast_dtype or torch.float32)
+        compute_dtype = torch.bfloat16 if tc.precision == "bf16-matmul" else self.autocast_dtype or torch.float32
+        self.peak = peak_flops(dist.device, compute_dtype)  # the GEMMs' dtype: bf16-matmul runs them in bf16
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.autocast = (torch.autocast(dist.device.type, dtype=self.autocast_dtype)
                          if self.autocast_dtype is not None else contextlib.nullcontext())
@@ -247,7 +244,7 @@ class Trainer:
         if model is None:
             model = init_model(self.cfg.model, self.dist.device, self.cfg.run.seed)
             init = self.resume_from or (Path(tc.init_from) if tc.init_from else None)
-            if init is not None:
+            if init is not None and not (init == self.resume_from and ckpt.is_sharded(init)):  # sharded: _restore
                 if self.resume_from is None:
                     _check_init_from(self.cfg, init)
                 model.load_state_dict(ckpt.load_state_dict(init))
@@ -259,10 +256,25 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         """Optimizer, loop state, RNG and grad-scaler state of a checkpoint (the weights are already loaded)."""
         opt_state, saved = ckpt.load_training_state(path)
-        try:
-            self.optimizer.load_state_dict(opt_state)
-        except ValueError as exc:
-            raise SlmError(f"{path}: optimizer state does not match --train.optimizer ({exc})") from None
+        if ckpt.is_sharded(path):  # weights and optimizer state from dcp/, resharded to this run's layout
+            try:
+                load_sharded_state(self.model, self.optimizer.optimizers, path)
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise SlmError(f"{path}: sharded state does not fit this run ({str(exc).splitlines()[0][:100]}); "
+                               f"resume with the same --train.optimizer and model config") from None
+        elif self.parallel.sharded:
+            raise SlmError(f"{path}: a replicated (ddp) checkpoint cannot resume a sharded run; resume it with "
+                           f"--train.parallel=ddp, or start from its weights with --train.init_from")
+        else:
+            try:
+                self.optimizer.load_state_dict(opt_state)
+            except ValueError as exc:
+                raise SlmError(f"{path}: optimizer state does not match --train.optimizer ({exc})") from None
+        rows = saved.get("rows_per_step")
+        if rows is not None and saved.get("loader") is not None and rows != self._rows_per_step(saved["phase"]):
+            raise SlmError(f"{path}: saved by a run taking {rows} rows per step; make --train.batch_size x "
+                           f"--train.grad_accum x processes = {rows} (now {self._rows_per_step(saved['phase'])}) to "
+                           f"continue its data order")
         self.state.restore(saved)
         self.guard.load_state_dict(saved.get("spike_window"))
         torch.set_rng_state(saved["rng_cpu"])
@@ -285,7 +297,8 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True,
                         disable=not (self.progress and self.dist.is_main), desc=self.cfg.run.name)
         try:
-            with PreemptionFlag(self.tc.preempt_signals) as self.preempt:
+            with PreemptionFlag(self.tc.preempt_signals) as self.preempt, \
+                    matmul_precision(self.tc.precision, self.dist.device):
                 while True:
                     try:
                         for index, phase in enumerate(self.phases):
@@ -377,7 +390,7 @@ class Trainer:
             for opt in self.optimizer.optimizers.values():
                 self.scaler.unscale_(opt)
         clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        return clip_grad_norm(self.params, clip, self.parallel.sharded)  # FSDP: the norm over all shards
 
     def optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -412,8 +425,7 @@ class Trainer:
         """All trained weights finite: one fused norm per tensor and one host sync, 0.07-0.1 s for 135M parameters on
         this machine's 2 busy CPU cores (a few % of a CPU step; hence every `check_finite_every` steps, default 10 —
         broken weights also show at once as a non-finite loss, and every save checks them)."""
-        norms = torch._foreach_norm(self.params)
-        return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        return all_finite(self.params, self.dist, self.parallel.sharded)  # FSDP: local shards, agreed over ranks
 
     def rollback(self, reason: str, bad_since: int) -> None:
         """Reload the newest healthy checkpoint from before step `bad_since` (a checkpoint of the suspect weights
@@ -439,7 +451,8 @@ class Trainer:
                     ckpt.remove_checkpoint(p)
         barrier(self.dist)
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.load_state_dict(ckpt.load_state_dict(target))
+        if not ckpt.is_sharded(target):  # a sharded one's weights come with _restore
+            self.model.load_state_dict(ckpt.load_state_dict(target))
         self._restore(target)  # optimizer, step, phase, loader position, RNG, scaler, spike window
         self.state.lr_scale = lr_scale
         resumed_phase = next(i for i, b in enumerate(self.bounds) if self.state.step < b or i == len(self.bounds) - 1)
@@ -460,10 +473,10 @@ class Trainer:
         step = self.state.step
         tok_s = stats.tokens / seconds
         self.rates.append(tok_s)
-        mfu = flops_per_token * tok_s / (self.peak * self.dist.world_size)
+        mfu = self.peak.mfu(flops_per_token * tok_s / self.dist.world_size)  # <= 1: a beaten peak is raised
         lr = self.optimizer.param_groups[0]["lr"]
         record = dict(loss=stats.loss, lr=lr, grad_norm=stats.grad_norm, tok_per_s=tok_s, mfu=mfu,
-                      tokens=self.state.tokens, seq_len=phase.seq_len, phase=index, **stats.aux)
+                      mfu_peak_tflops=self.peak.flops / 1e12, tokens=self.state.tokens, seq_len=phase.seq_len, phase=index, **stats.aux)
         record.update(self.task.step_metrics())  # method-specific (DPO rewards, GRPO rewards)
         record.update(self.model.step_metrics())  # architecture-specific (spike rates, expert usage)
         if self._every(self.tc.log_every) or step == self.total_steps or step == 1:
@@ -471,8 +484,8 @@ class Trainer:
         else:
             self.logger.history.append({"kind": "train", "step": step, **record})
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}",
-                             refresh=False)
+        self.bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                             mfu=f"{mfu:.0%} of {self.peak.describe()}", refresh=False)
 
     def evaluate(self, phase: PhaseConfig) -> dict:
         seq = self.cfg.eval.seq_len or phase.seq_len
@@ -487,6 +500,8 @@ class Trainer:
 
     def maybe_sample(self) -> None:
         if self.sample_fn is None or not self._every(self.tc.sample_every) or not self.dist.is_main:
+            return
+        if self.parallel.sharded:  # rank 0 alone cannot run a sharded forward (it needs every rank's all-gathers)
             return
         for text in self.sample_fn(self.model, self.state.step):
             self.logger.log("sample", self.state.step, text=text)
@@ -520,7 +535,7 @@ class Trainer:
         """Save everything resume needs (all ranks wait); keeps the last `keep_last` and the best by val loss.
         Non-finite weights are never saved: the run rolls back instead."""
         st = self.state
-        if not ckpt.params_finite(self.model):
+        if not (self.weights_finite() if self.parallel.sharded else ckpt.params_finite(self.model)):
             raise _Rollback(f"non-finite weights at the checkpoint of step {st.step}", st.step)
         path = self.run_dir / "checkpoints" / f"step_{st.step:06d}"
         val_loss = val.get("loss", math.inf) if val else math.inf
@@ -529,15 +544,27 @@ class Trainer:
         trainer_state = {"step": st.step, "phase": index, "loader": loader_state, "best_val": st.best_val,
                          "best_path": st.best_path, "tokens": st.tokens, "rng_cpu": torch.get_rng_state(),
                          "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                         "lr_scale": st.lr_scale, "spike_window": self.guard.state_dict()}
-        if self.dist.is_main:
+                         "lr_scale": st.lr_scale, "spike_window": self.guard.state_dict(),
+                         "rows_per_step": self._rows_per_step(index), "world_size": self.dist.world_size}
+        if self.parallel.sharded_checkpoints:  # every rank writes its shards; rank 0 the rest and meta.json
+            ckpt.save_sharded_checkpoint(path, state=sharded_state(self.model, self.optimizer.optimizers),
+                                         main=self.dist.is_main, config=self.cfg, tokenizer=self.tokenizer,
+                                         trainer_state=trainer_state, extra_meta={"val": val}, overwrite=True)
+        elif self.dist.is_main:
             ckpt.save_checkpoint(path, model=self.model, config=self.cfg, tokenizer=self.tokenizer,
                                  optimizer_state=self.optimizer.state_dict(), trainer_state=trainer_state,
                                  extra_meta={"val": val}, overwrite=True)
+        if self.dist.is_main:
             ckpt.prune_checkpoints(self.run_dir, self.tc.keep_last, Path(st.best_path) if st.best_path else None)
         barrier(self.dist)
         self.last_checkpoint = path
         return path
+
+    def _rows_per_step(self, phase: int) -> int:
+        """Training rows one optimizer step takes from phase `phase`'s data, over all ranks: the loader's position is
+        a global row index, so a run resumes on any world size that keeps this number (2 x 4 rows == 1 x 4 x 2
+        micro-batches) and continues the same data order."""
+        return self.phases[phase].batch_size * self.tc.grad_accum * self.dist.world_size
 
     def result(self) -> TrainResult:
         steady = self.rates[len(self.rates) // 5:] or self.rates  # the first steps include warm-up and compiling

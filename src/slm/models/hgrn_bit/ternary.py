@@ -68,6 +68,7 @@ def export_ternary(checkpoint: str | Path, out: str | Path) -> dict[str, float]:
 
     from ... import checkpoint as ckpt
 
+    checkpoint = ckpt.resolve_checkpoint(checkpoint)  # a run dir means its latest checkpoint, as in `slm generate`
     model, cfg = ckpt.load_model(checkpoint)
     if not any(isinstance(m, BitLinear) for m in model.modules()):
         raise SlmError(f"{checkpoint}: model.arch={cfg.model.arch} has no BitLinear layers; ternary export is for "

@@ -59,6 +59,12 @@ def _stack(cfg: HNetConfig, d: int, n: int) -> Stack:
     return Stack([HGRNBlock(d, cfg.hidden(d), cfg.norm_eps) for _ in range(n)], d, cfg.norm_eps)
 
 
+
+def _linear_fp32(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The router's projection in fp32 even when the model's weights were cast to bf16 for decoding (`slm generate`)."""
+    bias = None if linear.bias is None else linear.bias.float()
+    return F.linear(x.float(), linear.weight.float(), bias)
+
 class ChunkStage(nn.Module):
     """Encoder -> router/chunker -> inner -> dechunker -> decoder at one width (module docstring)."""
 
@@ -93,8 +99,8 @@ class ChunkStage(nn.Module):
         if torch.is_autocast_enabled(h.device.type):
             with torch.autocast(h.device.type, enabled=False):
                 return self._boundary_prob(prev.float(), h.float(), has_prev)
-        q = F.normalize(self.q_proj(prev.float()), dim=-1)
-        k = F.normalize(self.k_proj(h.float()), dim=-1)
+        q = F.normalize(_linear_fp32(self.q_proj, prev), dim=-1)
+        k = F.normalize(_linear_fp32(self.k_proj, h), dim=-1)
         p = ((1 - (q * k).sum(-1)) / 2).clamp(0.0, 1.0)
         return torch.where(has_prev, p, torch.ones_like(p))
 

@@ -43,6 +43,10 @@ def surrogate_grad(x: torch.Tensor, slope: float, arctan: bool) -> torch.Tensor:
 
 def spike(x: torch.Tensor, slope: float = 25.0, arctan: bool = False) -> torch.Tensor:
     """Heaviside H(x) forward, surrogate gradient backward."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        # No backward to shape: the same step without the autograd function, which torch.jit.trace would record as
+        # an opaque PythonOp that exporters (Core ML) cannot convert.
+        return (x > 0).to(x.dtype)
     return _Spike.apply(x, slope, arctan)
 
 
