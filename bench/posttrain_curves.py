@@ -25,6 +25,20 @@ TAG = "posttrain-curves"
 METHODS = {"sft": ("recipes/posttrain-demo.yaml", "loss", "falls"),
            "dpo": ("recipes/posttrain-dpo.yaml", "rewards_margin", "rises"),
            "grpo": ("recipes/posttrain-grpo.yaml", "reward", "rises")}
+# A per-step train metric mixes learning with which examples the step drew (SFT's natural_instructions subtasks
+# differ in loss by more than a few steps of learning); the same held-out set before and after does not.
+HELDOUT = {"sft": "loss", "dpo": "rewards_margin", "grpo": "reward"}
+
+
+def heldout(run_dir: Path, method: str) -> dict | None:
+    """{before, after} of the method's held-out metric from the run's summary.json (None when it has none)."""
+    file = run_dir / "summary.json"
+    if not file.is_file():
+        return None
+    summary = json.loads(file.read_text())
+    key = HELDOUT[method]
+    before, after = (summary.get("eval_before") or {}).get(key), (summary.get("eval_after") or {}).get(key)
+    return {"key": key, "before": before, "after": after} if before is not None and after is not None else None
 
 
 def curve(run_dir: Path, key: str) -> list[tuple[int, float]]:
@@ -44,11 +58,14 @@ def windows(points: list[tuple[int, float]], n: int = 4) -> list[tuple[str, floa
 
 def markdown(record: dict) -> str:
     n = max(len(run["windows"]) for run in record["runs"].values())
-    lines = ["| method | metric: mean over each quarter of the run (its steps) | " +
-             " | ".join(f"Q{i + 1}" for i in range(n)) + " | trend | time |", "|---|---|" + "---|" * (n + 2)]
+    lines = ["| method | train metric: mean over each quarter of the run (its steps) | " +
+             " | ".join(f"Q{i + 1}" for i in range(n)) + " | trend | held-out before → after | time |",
+             "|---|---|" + "---|" * (n + 3)]
     for method, run in record["runs"].items():
         cells = " | ".join(f"{v:.3f} ({label})" for label, v in run["windows"]) + " | -" * (n - len(run["windows"]))
-        lines.append(f"| {method} | {run['metric']} | {cells} | {run['trend']} | {run['seconds']:.0f} s |")
+        h = run.get("heldout")
+        held = f"{h['key']} {h['before']:.3f} → {h['after']:.3f}" if h else "- (no held-out eval in this run)"
+        lines.append(f"| {method} | {run['metric']} | {cells} | {run['trend']} | {held} | {run['seconds']:.0f} s |")
     lines.append("")
     lines += [f"- {method}: `{run['command']}` — {run['date']}; {run['machine']}" for method, run in
               record["runs"].items()]
@@ -90,7 +107,19 @@ def main() -> int:
     ap.add_argument("--out", default="runs/posttrain-curves", help="run dirs go here")
     ap.add_argument("--methods", default="sft,dpo,grpo", help="comma-separated subset; the others keep their rows")
     ap.add_argument("--no-readme", action="store_true", help="print the table; leave README.md alone")
+    ap.add_argument("--readme-only", action="store_true",
+                    help="rewrite the README block from runs/posttrain-curves.json and the runs' summary.json")
     args, extra = ap.parse_known_args()
+    if args.readme_only:
+        record_file = Path(args.out).parent / "posttrain-curves.json"
+        record = json.loads(record_file.read_text())
+        for method, run in record["runs"].items():
+            run["heldout"] = heldout(Path(args.out) / method, method)
+        record_file.write_text(json.dumps(record, indent=2))
+        body = markdown(record)
+        print(body)
+        print("README.md updated" if fill_readme(body) else f"README.md has no <!-- {TAG}:start --> marker")
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or set(methods) - set(METHODS):
         ap.error(f"--methods: choose from {', '.join(METHODS)}")
@@ -112,11 +141,12 @@ def main() -> int:
         cfg, post = load_posttrain_config(recipe, overrides + extra)
         summary = run_posttrain(method, cfg, post, progress=False)
         points = curve(Path(summary["run_dir"]), key)
+        held = heldout(Path(summary["run_dir"]), method)
         win = windows(points)
         rising = win[-1][1] > win[0][1]
         runs[method] = {"recipe": recipe, "metric": key, "steps": summary["steps"], "curve": points, "windows": win,
                         "trend": f"{direction}" if rising == (direction == "rises") else f"does not {direction[:-1]}",
-                        "seconds": time.perf_counter() - t,
+                        "seconds": time.perf_counter() - t, "heldout": held,
                         "command": " ".join(["python", "bench/posttrain_curves.py", *sys.argv[1:]]),
                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         print(f"{method}: {key} " + "  ".join(f"[{label}] {v:.3f}" for label, v in win) + f"  ({runs[method]['trend']})",

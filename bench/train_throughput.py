@@ -102,7 +102,7 @@ def build_step(name: str, args: argparse.Namespace):
         m.reset_parameters(seed=0)  # the same weights in every worker
         return m.train()
 
-    if name.endswith("keepmem") or name in ("slm", "slm_fp32", "slm_bf16"):
+    if name.endswith("keepmem") or (name.startswith("slm") and name != "slm_glibc"):
         retain_freed_memory()  # as `slm.train.trainer.train` does on CPU (--train.keep_freed_memory=true)
     if name.startswith("hf_"):
         return hf_step_fn(hf_twin(make_slm()).train(), x, bf16="bf16" in name), "plain AdamW loop"

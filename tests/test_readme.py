@@ -2,9 +2,9 @@
 
 A README line that cannot run here (a GPU, the network, the test suite itself) carries a visible
 `(not run by tests: REASON)` in its comment; every other line is a command. The slow test runs them one after the other
-in a temporary folder holding copies of recipes/ and bench/, so each stage reads what the one before it wrote, with
+in a temporary folder holding copies of recipes/, bench/ and scripts/, so each stage reads what the one before it wrote, with
 size overrides appended per command (`TINY`): 2 training steps, small batches, short samples. A server is started,
-asked for /health and stopped; `slm chat` reads one message from stdin.
+asked for /health and stopped; `slm chat` reads one message from stdin. About 3 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -64,6 +64,17 @@ def readme_commands(text: str | None = None) -> list[tuple[int, str, str | None]
     return out
 
 
+_SFT = ["--sft.train.steps=1", "--sft.train.warmup_steps=0", "--sft.train.eval_every=0",
+        "--sft.train.eval_batches=1", "--sft.chats.max_conversations=32"]  # a recipe's SFT stage, at tiny size
+
+
+def _has_sft(recipe: str) -> bool:
+    import yaml
+
+    path = ROOT / recipe
+    return path.is_file() and bool((yaml.safe_load(path.read_text()) or {}).get("sft"))
+
+
 def _has_phases(recipe: str) -> bool:
     import yaml
 
@@ -79,6 +90,8 @@ def tiny(argv: list[str]) -> list[str]:
             if flags is _TRAIN and _has_phases(argv[2]):  # keep it a curriculum: two tiny phases
                 flags = [f if f != "--train.phases=[]" else "--train.phases=[{seq_len: 32, steps: 1}, "
                          "{seq_len: 64, steps: 1}]" for f in flags]
+            if flags is _TRAIN and _has_sft(argv[2]):
+                flags = [*flags, *_SFT]
             return argv + flags
     if argv[:2] == ["slm", "eval"] and "--tasks" not in argv and "--list-tasks" not in argv:
         return argv + ["--max-batches", "1"]

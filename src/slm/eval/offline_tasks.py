@@ -20,10 +20,10 @@ Decisions:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import SlmError, atomic_write_text
+from ..runtime import slm_cache_dir
 
 # BIG-bench tasks turned into lm-eval tasks (multiple choice unless noted): small enough to run on a CPU.
 TASKS = ("hhh_alignment", "logical_deduction", "arithmetic", "causal_judgment", "date_understanding",
@@ -34,7 +34,7 @@ FORMAT_VERSION = 1  # bump when the YAML/JSONL layout changes: the cache is rebu
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm"))
+    return slm_cache_dir()
 
 
 def task_dir() -> Path:

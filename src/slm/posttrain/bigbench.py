@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import SlmError, atomic_write_text
+from ..runtime import slm_cache_dir
 from .data import content_id
 
 SDIST = "bigbench-1.0.0.tar.gz"
@@ -36,7 +37,7 @@ TASKS = ("hhh_alignment", "natural_instructions", "arithmetic")
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "bigbench"
+    return slm_cache_dir() / "bigbench"
 
 
 def fetch_tasks(cache: Path, tasks: tuple[str, ...] = TASKS) -> Path:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from ..runtime import cpu_features, slm_cache_dir
 
 # Dense (no sparsity) bf16 tensor-core peak TFLOP/s by GPU name fragment; first match wins.
 _GPU_PEAK_TFLOPS = [
@@ -41,8 +41,8 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 
 
 def cache_dir() -> Path:
-    """slm's per-machine cache: $SLM_CACHE, default ~/.cache/slm."""
-    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm"))
+    """slm's per-machine cache (slm.runtime.slm_cache_dir: $SLM_CACHE, default ~/.cache/slm)."""
+    return slm_cache_dir()
 
 
 @dataclass
@@ -78,13 +78,7 @@ def machine_key(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    return str(cpu_features()["model"]) or "unknown cpu"
 
 
 def _read_peaks() -> dict[str, float]:
