@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slm.config import TrainConfig, load_run_config
+from slm.config import load_run_config
 from slm.errors import SlmError
 from slm import checkpoint as ckpt
 
