@@ -67,16 +67,22 @@ def random_quickstart_checkpoint(folder: Path) -> Path:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, max_batch: int, max_queue: int) -> None:
+    def __init__(self, checkpoint: Path, max_batch: int, max_queue: int, extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "slm.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(self.port),
-               "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--log-level", "warning"]
+               "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--log-level", "warning", *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        line = self.proc.stdout.readline()  # "slm serve: NAME (...) on http://..." once it is ready to serve
-        if "slm serve:" not in line:
-            raise RuntimeError(f"server did not start: {line}{self.proc.stdout.read()[-2000:]}")
+        seen = []
+        while True:  # "slm serve: NAME (...) on http://..." once it is ready; earlier lines: the decode calibration
+            line = self.proc.stdout.readline()
+            seen.append(line)
+            if not line or (line.startswith("slm serve: ") and " on http://" in line):
+                break
+            print(f"  {line.rstrip()}", flush=True)
+        if not line:
+            raise RuntimeError(f"server did not start: {''.join(seen)[-2000:]}")
         self.name = line.split("slm serve: ", 1)[1].split(" (", 1)[0]
         import httpx
 
@@ -204,8 +210,9 @@ def main() -> None:
     if not args.checkpoint and not _has_checkpoint(ckpt):
         print("runs/quickstart has no checkpoint (make demo): using the tiny preset with random weights", flush=True)
         ckpt = random_quickstart_checkpoint(Path(tmp.name))
-    batched = Server(ckpt, args.max_batch, max_queue=4 * args.clients)
-    single = Server(ckpt, 1, max_queue=4 * args.clients)
+    extra = ("--compile", "false") if args.quick else ()  # a smoke run does not time the compiled step
+    batched = Server(ckpt, args.max_batch, max_queue=4 * args.clients, extra=extra)
+    single = Server(ckpt, 1, max_queue=4 * args.clients, extra=extra)
     try:
         print(f"model {batched.name}; load: {args.clients} clients x {args.duration:.0f} s, batch {args.max_batch}",
               flush=True)
@@ -224,6 +231,8 @@ def main() -> None:
         batched.close()
         single.close()
         tmp.cleanup()
+    if not rates["one_at_a_time"] or not load["tokens"]:
+        raise SystemExit(f"no tokens came back; errors: {load['errors'][:3]}")
     figures = {
         f"ratio_{args.ratio_clients}": rates["batched"] / rates["one_at_a_time"],
         "batched_tok_s": rates["batched"], "sequential_tok_s": rates["one_at_a_time"],
