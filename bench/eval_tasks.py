@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -95,13 +94,11 @@ def render(record: dict) -> str:
 
 
 def fill_readme(body: str, readme: Path = ROOT / "README.md") -> bool:
-    """Replace the block between the eval-tasks markers; False (README untouched) when the markers are missing."""
-    text = readme.read_text(encoding="utf-8")
-    pattern = rf"(<!-- {TAG}:start -->\n).*?(\n<!-- {TAG}:end -->)"
-    if not re.search(pattern, text, flags=re.S):
-        return False
-    atomic_write_text(readme, re.sub(pattern, lambda m: m.group(1) + body + m.group(2), text, flags=re.S))
-    return True
+    """Replace the README block of this script's TAG (harness.fill_readme_block)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import fill_readme_block
+
+    return fill_readme_block(TAG, body, readme)
 
 
 def main() -> int:

@@ -130,3 +130,16 @@ def machine_line() -> str:
     return (f"{cpu['model']}, AVX512-BF16={'yes' if cpu['avx512_bf16'] else 'no'}, "
             f"AMX={'yes' if cpu['amx'] else 'no'}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{os.cpu_count()} cores, load average {load}, {timing}")
+
+
+def fill_readme_block(tag: str, body: str, readme: Path = Path(__file__).resolve().parents[1] / "README.md") -> bool:
+    """Replace README.md's block between `<!-- TAG:start -->` and `<!-- TAG:end -->` with `body` (generated
+    figures, never typed); False, README untouched, when the markers are missing."""
+    import re
+
+    text = readme.read_text(encoding="utf-8")
+    pattern = rf"(<!-- {tag}:start -->\n).*?(\n<!-- {tag}:end -->)"
+    if not re.search(pattern, text, flags=re.S):
+        return False
+    atomic_write_text(readme, re.sub(pattern, lambda m: m.group(1) + body + m.group(2), text, flags=re.S))
+    return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -89,14 +88,11 @@ def load_average() -> str:
 
 
 def fill_readme(body: str, readme: Path = ROOT / "README.md") -> bool:
-    from slm.errors import atomic_write_text
+    """Replace the README block of this script's TAG (harness.fill_readme_block)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import fill_readme_block
 
-    text = readme.read_text(encoding="utf-8")
-    pattern = rf"(<!-- {TAG}:start -->\n).*?(\n<!-- {TAG}:end -->)"
-    if not re.search(pattern, text, flags=re.S):
-        return False
-    atomic_write_text(readme, re.sub(pattern, lambda m: m.group(1) + body + m.group(2), text, flags=re.S))
-    return True
+    return fill_readme_block(TAG, body, readme)
 
 
 def main() -> int:
