@@ -213,7 +213,7 @@ def resolve_auto(cfg: RunConfig, dist: DistInfo, model: CausalLM | None = None, 
                 f"{', then compiled' if len(compile_options) > 1 else ''}; cached for later runs)")
         timer = _lazy_timer(lambda: step_timer(model if model is not None else _fresh_model(cfg, device), tc,
                                                batch_size, seq_len, device))
-        choice, timings = calibrate(timer, precisions, compile_options, steps, known)
+        choice, timings = calibrate(timer, precisions, compile_options, steps * tc.grad_accum, known)  # micro-steps
         measured = any(c not in known for c in timings)
         if measured:
             write_machine_cache(CACHE_FILE, key, {"timings": {c.name: [t.step_s, t.setup_s] for c, t in
