@@ -223,7 +223,8 @@ def test_every_architecture_trains_under_fsdp(tmp_path, prepared):
     re-round after each update, so a last-bit difference can flip one (hgrn_bit: 1.4e-2 at step 3, measured)."""
     from slm.models import ARCHS
 
-    for name in ARCHS:
+    # the architectures slm ships: the worker process cannot see test-only ones (tests/models registers a toy arch)
+    for name in [n for n, spec in ARCHS.items() if spec.model.__module__.startswith("slm.")]:
         kw = {"steps": 3, "optimizer": "muon", "arch": name, "batch_size": 2}
         ddp = launch(prepared, tmp_path / f"{name}_ddp", 2, **kw, parallel="ddp")
         fsdp = launch(prepared, tmp_path / f"{name}_fsdp", 2, **kw, parallel="fsdp")
