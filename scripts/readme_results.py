@@ -89,7 +89,8 @@ def render_bench(bench_dir: Path, previous: str = "") -> str:
         rec = json.loads(path.read_text())
         figs = rec["figures"]
         def fmt(items: dict) -> str:
-            return ", ".join(f"{k} {v:,.4g}" if abs(v) < 10 else f"{k} {v:,.1f}" for k, v in items.items())
+            return ", ".join(f"{k} {v:,.4g}" if abs(v) < 10 else f"{k} {v:,.1f}" for k, v in items.items()
+                             if isinstance(v, (int, float)))  # per-cell tables in `extra` stay in the JSON
 
         shown = fmt(figs) + (f" (also: {fmt(rec['extra'])})" if rec.get("extra") else "")
         checks = []
