@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from slm.config import RunConfig, build_run_config
 from slm.data.loader import TokenDataset
 from slm.tokenizer import byte_tokenizer
@@ -28,3 +30,24 @@ def run_tiny(cfg: RunConfig, prepared: Path, task=None) -> TrainResult:
 
 def train_losses(result: TrainResult) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in result.history if r["kind"] == "train"}
+
+
+def assert_ragged_decode_matches_full(m, seqs: list[torch.Tensor], lens: list[int], new: int) -> None:
+    """Prefill the rows' first `lens[b]` tokens left-padded into one batch, then decode `new` tokens one at a time
+    through the model's state (each row its own continuation): every step's logits equal the full forward pass of
+    that row alone (atol 2e-5, rtol 1e-5)."""
+    width, n = max(lens), len(seqs)
+    ids = torch.zeros(n, width, dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.bool)
+    for b, L in enumerate(lens):
+        ids[b, width - L:], mask[b, width - L:] = seqs[b][:L], True
+    state = m.new_state(n, width + new)
+    with torch.no_grad():
+        steps = [m(ids, state=state, attention_mask=mask)[:, -1]]
+        for i in range(new):
+            nxt = torch.stack([seqs[b][lens[b] + i] for b in range(n)])[:, None]
+            steps.append(m(nxt, state=state)[:, -1])
+        for b, L in enumerate(lens):
+            full = m(seqs[b][None])[0]  # (L + new, V)
+            for i, logits in enumerate(steps):
+                torch.testing.assert_close(logits[b], full[L - 1 + i], atol=2e-5, rtol=1e-5)

@@ -9,6 +9,7 @@ import torch
 
 from slm.cli import main
 from slm.errors import SlmError
+from slm_testutil import assert_ragged_decode_matches_full
 from slm.models import build_model, preset_config
 from slm.models.doge.attention import keep_top_keys
 from slm.models.doge.hf import ADAPTER
@@ -60,19 +61,7 @@ def test_learned_mask_state_decode_equals_full_forward_beyond_the_window(kw):
     m = _doge(**kw)
     lens, new = [20, 9, 14], 8  # up to 28 keys, window 12
     seqs = [torch.randint(0, 256, (L + new,)) for L in lens]
-    ids = torch.zeros(3, max(lens), dtype=torch.long)
-    mask = torch.zeros(3, max(lens), dtype=torch.bool)
-    for b, L in enumerate(lens):
-        ids[b, max(lens) - L:], mask[b, max(lens) - L:] = seqs[b][:L], True
-    state = m.new_state(3, max(lens) + new)
-    with torch.no_grad():
-        steps = [m(ids, state=state, attention_mask=mask)[:, -1]]
-        for i in range(new):
-            steps.append(m(torch.stack([seqs[b][lens[b] + i] for b in range(3)])[:, None], state=state)[:, -1])
-        for b, L in enumerate(lens):
-            full = m(seqs[b][None])[0]
-            for i, logits in enumerate(steps):
-                torch.testing.assert_close(logits[b], full[L - 1 + i], atol=2e-5, rtol=1e-5)
+    assert_ragged_decode_matches_full(m, seqs, lens, new)
 
 
 # -- transformers parity (dense) ------------------------------------------------------------------------------------- #

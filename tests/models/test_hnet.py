@@ -9,6 +9,7 @@ import torch
 
 from slm.cli import main
 from slm.errors import SlmError
+from slm_testutil import assert_ragged_decode_matches_full
 from slm.models import build_model, preset_config
 from slm.models.hnet.model import ratio_loss
 
@@ -51,20 +52,7 @@ def test_state_decode_with_rows_whose_boundaries_differ():
     decoded = torch.stack([per_row[b][lens[b]:lens[b] + new] for b in range(3)])  # (3, new) boundaries while decoding
     assert (decoded.any(0) & ~decoded.all(0)).any()  # at some step one row starts a chunk and another does not
     m.eval()
-    width = max(lens)
-    ids = torch.zeros(3, width, dtype=torch.long)
-    mask = torch.zeros(3, width, dtype=torch.bool)
-    for b, L in enumerate(lens):
-        ids[b, width - L:], mask[b, width - L:] = seqs[b][:L], True
-    state = m.new_state(3, width + new)
-    with torch.no_grad():
-        steps = [m(ids, state=state, attention_mask=mask)[:, -1]]
-        for i in range(new):
-            steps.append(m(torch.stack([seqs[b][lens[b] + i] for b in range(3)])[:, None], state=state)[:, -1])
-        for b, L in enumerate(lens):
-            full = m(seqs[b][None])[0]
-            for i, logits in enumerate(steps):
-                torch.testing.assert_close(logits[b], full[L - 1 + i], atol=2e-5, rtol=1e-5)
+    assert_ragged_decode_matches_full(m, seqs, lens, new)
 
 
 def test_ratio_loss_is_one_at_the_target_and_trains_the_router():

@@ -23,7 +23,7 @@ from slm.generate import generate, generate_naive
 from slm.models import ARCHS, DECAYED_ROLES, HIDDEN_MATRIX_ROLES, Role, build_model, cross_entropy, get_arch, preset_config
 from slm.train.optim import build_optimizer
 
-from slm_testutil import run_tiny, tiny_config, train_losses
+from slm_testutil import assert_ragged_decode_matches_full, run_tiny, tiny_config, train_losses
 
 CASES = [pytest.param(spec.name, v, id=f"{spec.name}-{v}") for spec in ARCHS.values() for v in spec.test_variants]
 ARCH_NAMES = [pytest.param(spec.name, id=spec.name) for spec in ARCHS.values()]
@@ -77,17 +77,7 @@ def test_state_decode_equals_full_forward_batch3_ragged(arch, variant):
     m = _model(arch, variant)
     lens, new = [11, 5, 8], 6
     seqs = [torch.randint(0, _vocab(m), (L + new,)) for L in lens]
-    ids, mask = _left_padded(seqs, lens)
-    state = m.new_state(3, max(lens) + new)
-    with torch.no_grad():
-        step_logits = [m(ids, state=state, attention_mask=mask)[:, -1]]
-        for i in range(new):  # one token at a time, each row its own continuation
-            nxt = torch.stack([seqs[b][lens[b] + i] for b in range(3)])[:, None]
-            step_logits.append(m(nxt, state=state)[:, -1])
-        for b, L in enumerate(lens):
-            full = m(seqs[b][None])[0]  # (L + new, V)
-            for i, logits in enumerate(step_logits):
-                torch.testing.assert_close(logits[b], full[L - 1 + i], atol=2e-5, rtol=1e-5)
+    assert_ragged_decode_matches_full(m, seqs, lens, new)
 
 
 @pytest.mark.parametrize("arch,variant", CASES)
