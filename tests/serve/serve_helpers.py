@@ -33,7 +33,8 @@ def tiny_checkpoint(folder: Path, tok, *, arch_preset: str = "test", name: str =
 
 class LiveServer:
     def __init__(self, checkpoint: Path, **options) -> None:
-        options = {"compile": "false", "dtype": "fp32", **options}  # no timing in tests unless one asks
+        # no timing in tests unless one asks; the test process keeps its thread count
+        options = {"compile": "false", "dtype": "fp32", "threads": torch.get_num_threads(), **options}
         self.opts = ServeOptions(port=0, **options)
         sock = bind_socket(self.opts.host, 0)
         self.port = sock.getsockname()[1]

@@ -23,12 +23,37 @@ def test_port_in_use_is_one_line_and_exit_2(checkpoint, capsys):
 @pytest.mark.parametrize("argv, phrase", [
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--port", "70000"], "--port must be <= 65535"),
+    (["--threads", "-1"], "--threads must be >= 0"),
     (["--host", "no-such-host.invalid"], "--host no-such-host.invalid"),
 ])
 def test_bad_flags_exit_2_before_loading(argv, phrase, capsys, tmp_path):
     code = slm.cli.main(["serve", "--checkpoint", str(tmp_path / "missing"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and err.count("\n") == 1
+
+
+def test_decode_threads_leave_a_core_to_the_event_loop(monkeypatch):
+    import os
+
+    from slm.serve import decode_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert decode_threads(0) == 3 and decode_threads(2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert decode_threads(0) == 1
+
+
+def test_served_model_decodes_with_the_threads_asked_for(checkpoint):
+    import torch
+
+    from slm.serve import ServeOptions, load_served
+
+    before = torch.get_num_threads()
+    try:
+        load_served(checkpoint, ServeOptions(compile="false", dtype="fp32", threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_missing_checkpoint_exits_2(capsys, tmp_path):

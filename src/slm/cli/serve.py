@@ -16,7 +16,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     opts = ServeOptions(host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
                         max_tokens=args.max_tokens, context=args.context, compile=args.compile,
-                        dtype=args.dtype, model_name=args.model_name, device=args.device)
+                        dtype=args.dtype, model_name=args.model_name, device=args.device,
+                        threads=args.threads)
     opts.check()
     check_installed()
     sock = bind_socket(opts.host, opts.port)
@@ -24,8 +25,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         served, engine = load_served(args.checkpoint, opts, log=lambda m: print(f"slm serve: {m}", flush=True))
         server, scheduler = build_server(served, engine, opts, log_level=args.log_level)
         host, port = sock.getsockname()[:2]
+        import torch
+
+        threads = f", {torch.get_num_threads()} decode threads" if next(engine.model.parameters()).device.type == "cpu" else ""
         print(f"slm serve: {served.name} ({served.arch}, {served.parameters:,} parameters, context "
-              f"{served.context_length}, batch {opts.max_batch}) on http://{host}:{port}/  (OpenAI API under /v1; "
+              f"{served.context_length}, batch {opts.max_batch}{threads}) on http://{host}:{port}/  (OpenAI API under /v1; "
               f"Ctrl-C stops)", flush=True)
         try:
             server.run(sockets=[sock])
@@ -60,5 +64,7 @@ def add_serve(sub: Any) -> None:
                    "faster on this machine (timed once, cached)")
     p.add_argument("--model-name", default=d.model_name, help="model id clients send (default: the run name)")
     p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads of the decode step (0 = the usable "
+                   "cores minus one, which the HTTP side needs to stream tokens)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)

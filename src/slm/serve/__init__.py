@@ -12,6 +12,7 @@ is built. This package never prints: `slm.cli.serve` does.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,12 @@ class ServeOptions:
     dtype: str = "auto"  # decode weights: auto (the faster on this machine, timed once and cached) | fp32 | bf16
     model_name: str = ""  # the `model` id clients send; "" = the checkpoint's run name
     device: str = "auto"
+    # intra-op threads of the decode step on CPU; 0 = auto: the usable cores minus one, left to the HTTP event loop
+    threads: int = 0
 
     def check(self) -> None:
-        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_tokens", 1), ("context", 0), ("port", 0)):
+        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_tokens", 1), ("context", 0), ("port", 0),
+                          ("threads", 0)):
             if getattr(self, name) < low:
                 raise SlmError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
         if self.port > 65535:
@@ -66,18 +70,40 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def decode_threads(requested: int) -> int:
+    """Intra-op threads for the server's decode step on CPU: `requested`, or (0) the usable cores minus one.
+
+    The event loop streams every token as its own SSE event, so it needs a core of its own: when the decode step's
+    OpenMP team spans every core, each parallel region waits a scheduler slice for the thread the event loop
+    displaced (milliseconds per region; bench/serve.py measured continuous batching at 2.8-4.0x one-at-a-time with
+    both cores of a 2-core machine and 4.5-4.8x with one, eager fp32, quickstart model).
+    """
+    if requested > 0:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def load_served(checkpoint: str | Path, opts: ServeOptions,
                 log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
     """(ServedModel, DecodeEngine) of a checkpoint, in the weights dtype and compile setting `opts` asks for."""
     from .. import checkpoint as ckpt
     from ..generate.calibrate import choose_decode
     from ..generate.engine import DecodeEngine
+    import torch
+
     from ..runtime import resolve_device
     from ..tokenizer.chat_template import ChatFormatter
     from .app import ServedModel
 
     path = ckpt.resolve_checkpoint(checkpoint)
-    model, cfg = ckpt.load_model(path, device=resolve_device(opts.device))
+    device = resolve_device(opts.device)
+    if device.type == "cpu":  # before the decode calibration, which times the step at this thread count
+        torch.set_num_threads(decode_threads(opts.threads))
+    model, cfg = ckpt.load_model(path, device=device)
     tok = ckpt.load_tokenizer_of(path)
     if tok is None:
         raise SlmError(f"{path}: checkpoint has no tokenizer/; serving needs one to turn text into ids")
