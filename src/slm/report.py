@@ -165,6 +165,7 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> Path:
                 ("val loss", val.get("loss")), ("val perplexity", val.get("perplexity")),
                 ("val bits/byte", val.get("bpb")), ("val accuracy", val.get("accuracy")),
                 ("val top-5 accuracy", val.get("top5_accuracy")),
+                ("samples: valid UTF-8 (share)", summary.get("samples_utf8_valid")),
                 ("training tokens/s (median)", summary.get("tok_per_s")),
                 ("skipped steps", summary.get("skipped_steps")), ("spiked steps", summary.get("spiked_steps")),
                 ("rollbacks", summary.get("rollbacks"))]

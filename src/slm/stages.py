@@ -148,22 +148,25 @@ def stage_data(cfg: RunConfig, tokenizer, out: Path, progress: bool = True, over
     return out
 
 
-def make_sample_fn(cfg: RunConfig, tokenizer, max_new_tokens: int | None = None):
-    """A callable(model, step) -> list of sample texts for the configured prompts."""
+def generate_samples(cfg: RunConfig, tokenizer, model, max_new_tokens: int | None = None
+                     ) -> tuple[list[str], list[list[int]]]:
+    """Samples for the configured prompts: (prompt + generated text, the generated ids) per sample."""
     from .generate.engine import generate
 
     base = dataclasses.replace(cfg.sample, max_new_tokens=max_new_tokens or cfg.sample.max_new_tokens)
+    was_training = model.training
+    prompts = [tokenizer.encode(p) if p else [tokenizer.eos_id] for p in cfg.sample.prompts]
+    outs = generate(model, prompts, base, eos_id=tokenizer.eos_id)
+    model.train(was_training)
+    texts = [cfg.sample.prompts[i // base.num_samples] + tokenizer.decode(out) for i, out in enumerate(outs)]
+    return texts, outs
+
+
+def make_sample_fn(cfg: RunConfig, tokenizer, max_new_tokens: int | None = None):
+    """A callable(model, step) -> list of sample texts for the configured prompts."""
 
     def sample(model, step: int) -> list[str]:
-        was_training = model.training
-        prompts = [tokenizer.encode(p) if p else [tokenizer.eos_id] for p in cfg.sample.prompts]
-        outs = generate(model, prompts, base, eos_id=tokenizer.eos_id)
-        model.train(was_training)
-        texts = []
-        for i, out in enumerate(outs):
-            prompt = cfg.sample.prompts[i // base.num_samples]
-            texts.append(prompt + tokenizer.decode(out))
-        return texts
+        return generate_samples(cfg, tokenizer, model, max_new_tokens)[0]
 
     return sample
 
@@ -268,7 +271,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, dist: DistInfo | None
         summary["val"] = final
         timings["eval_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        summary["samples"] = make_sample_fn(cfg, tokenizer)(model, result.step)
+        summary["samples"], generations = generate_samples(cfg, tokenizer, model)
+        from .eval.generation import utf8_validity
+
+        # byte-level tokenizers only: a byte model can emit bytes that are not UTF-8 (Simplified SLM's metric)
+        summary["samples_utf8_valid"] = utf8_validity(tokenizer, generations, cfg.sample.max_new_tokens)
         timings["sample_s"] = time.perf_counter() - t
         if cfg.export.hf and get_arch(cfg.model.arch).hf is None:  # a capability flag, not an error after training
             summary["hf_dir"] = None

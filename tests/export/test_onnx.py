@@ -1,9 +1,16 @@
 """ONNX export, checked in onnxruntime for every registered architecture: the prefill graph's logits equal slm's full
 forward on ragged left-padded prompts (<= 1e-4 fp32), the decode graph's logits equal slm's stateful steps, and a
-greedy loop in onnxruntime reproduces slm's greedy tokens. Exporting is slow on 2 cores (~20 s of CPU per
-architecture), so the default tier runs Llama and the slow tier every other architecture and fp16. An architecture
-whose step does not trace is refused with the source line that stops torch.export; its cases are reported as xfail
-with that line (today: doge's position check, hgrn_bit's prefill length, hnet_bit's data-dependent chunking)."""
+greedy loop in onnxruntime reproduces slm's greedy tokens. Exporting is slow on 2 cores (~20-60 s of CPU per
+architecture), so the default tier runs Llama and the slow tier every other architecture and fp16. Every
+architecture exports: a refusal fails the test.
+
+Models that round activations to 8 bits (BitLinear: HGRN-Bit, H-Net) compute the same graph in onnxruntime, but its
+float kernels differ from PyTorch's by an ulp now and then, and an ulp at a rounding boundary moves one 8-bit level:
+that position's logits (and, through the recurrence, the next few of its row) move by up to ~0.1 (measured on these
+tiny models: one flip in 100 positions for some seeds, e.g. a 1.5e-5 margin in layer 0 moving 8 positions by <= 0.1).
+For them a few positions may exceed 1e-4, none FLIP_ATOL, and the greedy tokens may part only where slm itself nearly
+ties (its logits of the two tokens within FLIP_ATOL; BitLinear heads tie exactly now and then). A real export error
+(mask, state, scan, chunking) moves most later positions, by O(1)."""
 
 from __future__ import annotations
 
@@ -16,9 +23,9 @@ import torch
 from slm.checkpoint import save_checkpoint
 from slm.cli import main
 from slm.config import RunConfig, SamplingConfig
-from slm.errors import SlmError
 from slm.generate import generate
 from slm.models import ARCHS, CausalLM, build_model, preset_config
+from slm.models.layers.bitlinear import BitLinear
 from slm.tokenizer import byte_tokenizer
 
 pytest.importorskip("onnxscript")
@@ -27,6 +34,8 @@ pytest.importorskip("onnxruntime")
 from slm.export.onnx import OnnxLM, export_onnx  # noqa: E402
 
 MAX_LEN = 64
+FLIP_ATOL = 0.25  # the most a flipped 8-bit activation level may move a logit (measured up to 0.1, module docstring)
+FLIP_SHARE = 0.2  # the largest share of positions over 1e-4 (a flip moves a few later positions of its row too)
 TEXTS = ["To be, or not to be, that is the question:", "Whether 'tis nobler", "in the mind to suffer"]
 ARCH_PARAMS = [pytest.param(name, id=name, marks=() if name == "llama" else pytest.mark.slow) for name in ARCHS]
 
@@ -48,15 +57,38 @@ def exported(tmp_path_factory):
             model = _model(arch)
             ckpt = save_checkpoint(root / "ckpt", model=model, config=RunConfig(model=model.cfg),
                                    tokenizer=byte_tokenizer())
-            try:
-                cache[arch, dtype] = model, export_onnx(ckpt, root / "onnx", dtype=dtype, max_len=MAX_LEN)
-            except SlmError as exc:  # refused with the source line that does not trace: reported, not hidden
-                if "does not trace" not in str(exc) or arch == "llama":
-                    raise
-                pytest.xfail(str(exc))
+            cache[arch, dtype] = model, export_onnx(ckpt, root / "onnx", dtype=dtype, max_len=MAX_LEN)
         return cache[arch, dtype]
 
     return get
+
+
+def _rounds_activations(model: CausalLM) -> bool:
+    return any(isinstance(m, BitLinear) for m in model.modules())
+
+
+def _assert_logits_match(got: list[np.ndarray], want: list[np.ndarray], model: CausalLM) -> None:
+    """got, want: per call (N, V) logits of the real positions; <= 1e-4, or within an 8-bit flip (module docstring)."""
+    got, want = np.concatenate(got), np.concatenate(want)
+    if not _rounds_activations(model):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        return
+    err = np.abs(got - want).max(axis=-1)  # (N,) per position
+    assert err.max() < FLIP_ATOL and (err > 1e-4).mean() <= FLIP_SHARE, (err.max(), (err > 1e-4).mean())
+
+
+def _assert_greedy_match(got: list[list[int]], want: list[list[int]], prompts: list[list[int]],
+                         model: CausalLM) -> None:
+    if got == want or not _rounds_activations(model):
+        assert got == want
+        return
+    for prompt, g, w in zip(prompts, got, want):
+        i = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), None)
+        if i is None:
+            continue
+        with torch.no_grad():  # slm's logits where the two runtimes parted: only a near-tie may part them
+            logits = model(torch.tensor([prompt + w[:i]]))[0, -1]
+        assert float(logits[w[i]] - logits[g[i]]) < FLIP_ATOL, (i, g, w)
 
 
 def _prompts() -> list[list[int]]:
@@ -83,15 +115,17 @@ def test_onnx_prefill_and_decode_logits_equal_slm(exported, arch):
         want = model(ids, state=state, attention_mask=mask)
     got, onnx_state = lm.prefill(ids.numpy(), mask.numpy())
     real = mask.numpy()
-    np.testing.assert_allclose(got[real], want.numpy()[real], atol=1e-4, rtol=1e-4)
+    gots, wants = [got[real]], [want.numpy()[real]]
     one = torch.ones(ids.shape[0], 1, dtype=torch.bool)
     nxt = want[:, -1].argmax(-1, keepdim=True)  # (B, 1)
     for _ in range(6):
         with torch.no_grad():
             want = model(nxt, state=state, attention_mask=one)
         got, onnx_state = lm.step(nxt.numpy(), one.numpy(), onnx_state)
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+        gots.append(got[:, 0])
+        wants.append(want.numpy()[:, 0])
         nxt = want[:, -1].argmax(-1, keepdim=True)
+    _assert_logits_match(gots, wants, model)
 
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
@@ -99,7 +133,7 @@ def test_onnx_greedy_loop_matches_slm_token_for_token(exported, arch):
     model, folder = exported(arch)
     prompts = _prompts()
     want = generate(model, prompts, SamplingConfig(temperature=0.0, max_new_tokens=16), eos_id=None)
-    assert OnnxLM(folder).greedy(prompts, 16) == want
+    _assert_greedy_match(OnnxLM(folder).greedy(prompts, 16), want, prompts, model)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ routing, the balance loss's index space, expert-usage metrics, and the one-line 
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -38,6 +40,29 @@ def test_key_selection_keeps_the_largest_dt_and_breaks_ties_by_recency():
     assert not (keep & ~visible[0, 0]).any()
     tied = keep_top_keys(torch.ones(1, 1, 6), visible, window=2)[0, 0]  # at init (dt = 1): a sliding window
     assert tied.tolist() == torch.ones(6, 6, dtype=torch.bool).tril().triu(-1).tolist()
+
+
+def test_key_selection_is_a_no_op_up_to_the_window():
+    """The selection has no branch on the key count (a symbolic one while exporting): with S <= window, ties and
+    hidden keys included, it keeps exactly the visible keys."""
+    torch.manual_seed(0)
+    dt = torch.randint(0, 3, (2, 2, 7)).float()  # (B, Hk, S): many ties
+    visible = torch.rand(2, 1, 5, 7) < 0.7
+    for window in (7, 9):
+        assert torch.equal(keep_top_keys(dt, visible, window), visible.expand(2, 2, 5, 7))
+
+
+def test_export_path_selects_on_every_prefill_and_computes_the_same_logits():
+    """While exporting, a state's mask always goes through the selection (a no-op when the keys fit the window)."""
+    m = _doge(keep_window_size=40)
+    ids = torch.randint(0, 256, (2, 30))
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, :9] = False  # left padding
+    with torch.no_grad():
+        want, _ = m.prefill(ids, mask, 48)
+        with mock.patch("torch.compiler.is_exporting", return_value=True):
+            got, _ = m.prefill(ids, mask, 48)
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-6, rtol=1e-6)
 
 
 def test_learned_mask_no_future_leak_and_packing_with_selection():

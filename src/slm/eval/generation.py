@@ -5,13 +5,15 @@ for post-training samples.
 - `extract_answer`: the number after GSM8K's "####" marker when there is one, else the last number in the text
   (commas and a trailing period dropped), as lm-eval's gsm8k "flexible-extract" filter does.
 - UTF-8 validity: a generation is valid when its tokens decode to text without U+FFFD (a byte-level model can emit
-  byte sequences that are not UTF-8; the decoder replaces them).
+  byte sequences that are not UTF-8; the decoder replaces them). `utf8_validity` checks the raw bytes of generated
+  ids instead (Simplified SLM's metric for byte models; `slm run` reports it for its samples).
 - Repetition rate: the share of word 4-grams of a generation that repeat an earlier 4-gram of the same generation
   (0 = no loop, towards 1 = stuck in one), averaged over generations.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from statistics import mean
 
@@ -50,3 +52,36 @@ def generation_stats(texts: list[str], lengths: list[int] | None = None) -> dict
     if lengths:
         stats["mean_tokens"] = mean(lengths)
     return stats
+
+
+def generated_bytes(tokenizer, ids: list[int]) -> bytes:
+    """The raw bytes of token ids under a byte-level tokenizer (each token a run of byte stand-in characters);
+    special tokens and ids past the tokenizer's vocabulary add none."""
+    from ..tokenizer.core import bytes_to_unicode
+
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    special = set(tokenizer.special_tokens.values())
+    out = bytearray()
+    for i in ids:
+        token = None if i in special else tokenizer.id_to_token(i)
+        if token is not None:
+            out += bytes(char_to_byte[c] for c in token) if all(c in char_to_byte for c in token) else token.encode()
+    return bytes(out)
+
+
+def utf8_validity(tokenizer, generations: list[list[int]], max_new_tokens: int) -> float | None:
+    """Share of generations (new token ids) whose bytes are valid UTF-8, or None without generations or for a
+    tokenizer that is not byte-level (its tokens are text, always valid). A generation that reached
+    `max_new_tokens` may end inside a character: that unfinished last character is not held against it (the limit
+    cut it, not the model); one that stopped earlier (at EOS) must end on a whole character."""
+    if not generations or not tokenizer.is_byte_level():
+        return None
+    valid = 0
+    for ids in generations:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(generated_bytes(tokenizer, ids),
+                                                           final=len(ids) < max_new_tokens)
+            valid += 1
+        except UnicodeDecodeError:
+            pass
+    return valid / len(generations)

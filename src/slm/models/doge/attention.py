@@ -48,9 +48,10 @@ def keep_top_keys(dt: torch.Tensor, visible: torch.Tensor, window: int) -> torch
     index). Rows with at most `window` visible keys keep all of them.
     """
     scores = dt[:, :, None, :].float().masked_fill(~visible, float("-inf"))  # (B, Hk, T, S)
-    if scores.shape[-1] <= window:
-        return visible.expand_as(scores)
-    threshold = scores.topk(window, dim=-1).values[..., -1:]  # (B, Hk, T, 1) the window-th largest value
+    # min(window, S) branch-free (a symbolic S while exporting): with S <= window the threshold is the row's smallest
+    # score, so every visible key is above it or a tie with room left, and the selection keeps them all
+    top = torch.sym_min(window, scores.shape[-1])
+    threshold = scores.topk(top, dim=-1).values[..., -1:]  # (B, Hk, T, 1) the top-th largest value
     above = scores > threshold
     tie = (scores == threshold) & visible  # candidates for the places left after the strictly larger ones
     room = window - above.sum(-1, keepdim=True)
@@ -93,7 +94,9 @@ class DynamicMaskAttention(nn.Module):
             k, v = k.to(q.dtype), v.to(q.dtype)
         dt = self.dynamic_bias(v)  # (B, Hk, S)
         S = k.shape[2]
-        if S > self.window:  # the dynamic mask selects keys: a per-kv-head boolean mask
+        # The dynamic mask selects keys (a per-kv-head boolean mask) once S > window. While exporting, S is symbolic
+        # and cannot be branched on: a state's mask always goes through the selection, a no-op when S <= window.
+        if (mask is not None and torch.compiler.is_exporting()) or S > self.window:
             if mask is None:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)[None, None]
             mask = keep_top_keys(dt, mask, self.window)  # (B, Hk, T, S)

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..base import CausalLM, Role, document_causal_mask
+from ..base import CausalLM, Role, check_positions, document_causal_mask
 from ..layers.attention import MAX_LEN as DENSE_MAX_LEN
 from ..layers.attention import causal_bias
 from ..layers.kv_cache import KVCache
@@ -155,8 +155,7 @@ class Doge(CausalLM):
             if attention_mask is None:
                 attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
             positions, mask = state.reserve(attention_mask.bool())  # (B, T), (B, 1, T, S)
-            if int(positions.max()) >= self.cfg.max_seq_len:
-                raise ValueError(f"position {int(positions.max())} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            check_positions(positions, self.cfg.max_seq_len)
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D)
         bias = self.dense_bias if mask is None else None  # the dense kernel knows no document masks
         for i, layer in enumerate(self.layers):

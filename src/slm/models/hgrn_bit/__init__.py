@@ -15,7 +15,8 @@ SPEC = register(ArchSpec(
     supports_packing=True,
     state_kind="recurrent",
     test_preset="hgrn-bit-test",
-    test_variants={"bit-head": {}, "tied-fp-head": dict(tie_embeddings=True)},
+    test_variants={"bit-head": {}, "tied-fp-head": dict(tie_embeddings=True),
+                   "short-conv": dict(use_short_conv=True)},
 ))
 
 __all__ = ["HGRNBit", "HGRNBitConfig", "PRESETS", "SPEC"]

@@ -5,8 +5,13 @@ A block is x + HGRN(RMSNorm(x)), then x + MLP(RMSNorm(x)); every projection is a
 exact (closed form, checked against the built model):
 
     block(d, I) = 4d^2 (i, f, g, o) + 3dI (gate|up, down) + 8d (4 BitLinear norms in the mixer, g_norm, the MLP's
-                  gate|up norm, 2 block norms) + I (the down projection's norm)
+                  gate|up norm, 2 block norms) + I (the down projection's norm) + conv(d)
+    conv(d)     = 0 without the short convolution; else c (d K + [d, conv_bias]) with c = 1 shared, 2 per stream
     model       = V d (embedding) + L block + d (final norm) + [V d + d (BitLinear head and its norm), untied]
+
+The optional short convolution (`use_short_conv`, slm.models.hgrn_bit.conv): a causal depthwise conv of `conv_size`
+taps + SiLU, either one on the mixer input that i, f and g then read (`share_conv_kernel`, their default), or one on
+each of the i and f projections (MatMul-free LM creates a third, unused, q conv there; it is not built here).
 
 Simplified SLM's flat `slm_base.json` (d 512, 6 layers, heads 1, expand 1, no short conv, byte vocab 256, SwiGLU
 width 256 * ceil(512 * 4 * 2/3 / 256) = 1536) is the `simplified-slm` preset: 20,744,192 parameters (their docs say
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from ...errors import SlmError
 from ..base import ModelConfig
 from ..registry import Preset
+from .conv import ConvSpec
 
 
 def mlp_hidden(d: int, ratio: float, multiple: int) -> int:
@@ -43,6 +49,10 @@ class HGRNBitConfig(ModelConfig):
     mlp_ratio: float = 4.0  # SwiGLU width = mlp_multiple * ceil(d * mlp_ratio * 2/3 / mlp_multiple) (1536 at d 512)
     mlp_multiple: int = 256  # rounding of the SwiGLU width (MatMul-free LM: 256)
     norm_eps: float = 1e-6  # RMSNorm epsilon (Simplified SLM: 1e-6)
+    use_short_conv: bool = False  # causal depthwise conv + SiLU before the HGRN gates (Simplified SLM: on from HEAD)
+    conv_size: int = 4  # taps of the short convolution, the current input included (MatMul-free LM: 4)
+    conv_bias: bool = False  # a bias per channel in the short convolution (MatMul-free LM: none)
+    share_conv_kernel: bool = True  # True: one conv on the mixer input (i, f, g read it); False: one on i_proj, f_proj
 
     def __post_init__(self) -> None:
         checks = [(self.d_model > 0, "d_model", "must be > 0"),
@@ -50,7 +60,9 @@ class HGRNBitConfig(ModelConfig):
                   (self.mlp_ratio > 0, "mlp_ratio", "must be > 0"),
                   (self.mlp_multiple > 0, "mlp_multiple", "must be > 0"),
                   (self.norm_eps > 0, "norm_eps", "must be > 0"),
-                  (self.max_seq_len > 0, "max_seq_len", "must be > 0")]
+                  (self.max_seq_len > 0, "max_seq_len", "must be > 0"),
+                  (self.conv_size >= 2 or not self.use_short_conv, "conv_size",
+                   "must be >= 2 with --model.use_short_conv (taps, the current input included)")]
         for ok, name, rule in checks:
             if not ok:
                 raise SlmError(f"--model.{name}={getattr(self, name)!r}: {rule}")
@@ -62,9 +74,23 @@ class HGRNBitConfig(ModelConfig):
         """Embedding + output head (and its BitLinear norm when untied)."""
         return self.vocab_size * d + (0 if self.tie_embeddings else self.vocab_size * d + d)
 
+    def conv_spec(self) -> ConvSpec | None:
+        """The short convolution of every HGRN-Bit mixer, or None when off."""
+        return ConvSpec(self.conv_size, self.conv_bias, self.share_conv_kernel) if self.use_short_conv else None
+
+    def conv_params(self, d: int) -> int:
+        """Parameters of one mixer's short convolution(s) at width d (module docstring)."""
+        if not self.use_short_conv:
+            return 0
+        return (1 if self.share_conv_kernel else 2) * (d * self.conv_size + (d if self.conv_bias else 0))
+
+    def hgrn_block_params(self, d: int) -> int:
+        """One HGRN-Bit block of width d, short convolution included."""
+        return block_params(d, self.hidden(d)) + self.conv_params(d)
+
     def num_parameters(self) -> int:
         d = self.d_model
-        return self.head_params(d) + self.n_layers * block_params(d, self.hidden(d)) + d
+        return self.head_params(d) + self.n_layers * self.hgrn_block_params(d) + d
 
 
 PRESETS: dict[str, Preset] = {

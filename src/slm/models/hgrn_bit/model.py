@@ -12,8 +12,9 @@ Decisions:
   unchanged), a document start is a reset (f = 0: h forgets the previous document). So packed rows are exact
   (`supports_packing`) and a padded or finished row never disturbs its state.
 - The recurrence is fp32 even under bf16 autocast: h accumulates over the whole context.
-- No short convolution (Simplified SLM's configs have it off); no HGRN lower bound on the forget gate (their flag
-  for it is dead code).
+- An optional short convolution before the gates (`use_short_conv`, off by default as in Simplified SLM's
+  @6f12bce configs; slm.models.hgrn_bit.conv), with the same masking, reset and per-row state rules as h. No HGRN
+  lower bound on the forget gate (their flag for it is dead code).
 - The head is a BitLinear (ternary weights, 8-bit inputs) when untied, as in Simplified SLM: `hidden_states` returns
   the head's quantized input and `output_weight` its ternary weight (both straight-through), so the shared chunked
   cross-entropy computes exactly the BitLinear head. Tied, the head is the fp embedding.
@@ -24,6 +25,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -35,23 +37,37 @@ from ..layers.bitlinear import BitLinear
 from ..layers.norm import RMSNorm
 from ..layers.scan import linear_scan
 from .config import HGRNBitConfig
+from .conv import ConvSpec, ShortConv
 from .state import RecurrentState
+
+ConvCall = Callable[[ShortConv, torch.Tensor], torch.Tensor]  # runs a mixer's short conv (forward or decode step)
 
 
 class HGRNMixer(nn.Module):
     """The HGRN-Bit token mixer (module docstring). Owns one state slot: h (B, C) fp32."""
 
-    def __init__(self, d: int, eps: float) -> None:
+    def __init__(self, d: int, eps: float, conv: ConvSpec | None = None) -> None:
         super().__init__()
         self.i_proj, self.f_proj, self.g_proj = BitLinear(d, d, eps), BitLinear(d, d, eps), BitLinear(d, d, eps)
         self.g_norm = RMSNorm(d, eps)
         self.o_proj = BitLinear(d, d, eps)
         self.slot = -1  # index of h in the RecurrentState (set by the model)
+        # optional short convolution (slm.models.hgrn_bit.conv): on the input that i, f, g read, or on i and f
+        shared, split = conv is not None and conv.shared, conv is not None and not conv.shared
+        self.h_conv = ShortConv(d, conv.kernel, conv.bias) if shared else None
+        self.i_conv = ShortConv(d, conv.kernel, conv.bias) if split else None
+        self.f_conv = ShortConv(d, conv.kernel, conv.bias) if split else None
 
-    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.sigmoid(self.f_proj(x).float())
-        i = F.silu(self.i_proj(x).float()) * (1 - f)
-        return f, i
+    def _gates(self, x: torch.Tensor, conv: ConvCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> (what g reads, f, i); `conv(module, tensor)` runs a short conv as a forward or a step."""
+        if self.h_conv is not None:
+            x = conv(self.h_conv, x)  # MatMul-free LM's shared kernel: g reads the convolved input too
+        i_in, f_in = self.i_proj(x), self.f_proj(x)
+        if self.i_conv is not None:
+            i_in, f_in = conv(self.i_conv, i_in), conv(self.f_conv, f_in)
+        f = torch.sigmoid(f_in.float())
+        i = F.silu(i_in.float()) * (1 - f)
+        return x, f, i
 
     def _out(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.o_proj(self.g_norm(self.g_proj(x)) * F.silu(h).to(x.dtype))
@@ -59,20 +75,22 @@ class HGRNMixer(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None, reset: torch.Tensor | None,
                 state: RecurrentState | None) -> torch.Tensor:
         """x (B, T, C); valid (B, T) bool (False = identity step) or None; reset (B, T) bool (document starts)."""
-        f, i = self._gates(x)  # (B, T, C) fp32
+        x, f, i = self._gates(x, lambda m, t: m(t, valid, reset, state))  # f, i (B, T, C) fp32
         if reset is not None:
             f = f.masked_fill(reset[..., None], 0.0)
         if valid is not None:
             f = torch.where(valid[..., None], f, 1.0)
             i = torch.where(valid[..., None], i, 0.0)
-        h = linear_scan(f, i, None if state is None else state.get(self.slot))  # (B, T, C)
+        h0, max_len = (None, None) if state is None else (state.get(self.slot), state.max_len)
+        h = linear_scan(f, i, h0, max_len=max_len)  # (B, T, C); max_len bounds T while exporting
         if state is not None:
             state.set(self.slot, h[:, -1])  # masked steps are identities, so the last column is each row's state
         return self._out(x, h)
 
     def step(self, x: torch.Tensor, real: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """x (B, 1, C), real (B,) bool -> (B, 1, C); rows with real False keep their h."""
-        f, i = self._gates(x[:, 0])
+        x, f, i = self._gates(x, lambda m, t: m.step(t, real, state))
+        f, i = f[:, 0], i[:, 0]  # (B, C)
         h_old = state.get(self.slot)
         h = torch.where(real[:, None], torch.addcmul(i, f, h_old), h_old)
         state.set(self.slot, h)
@@ -94,10 +112,10 @@ class BitMLP(nn.Module):
 
 
 class HGRNBlock(nn.Module):
-    def __init__(self, d: int, hidden: int, eps: float) -> None:
+    def __init__(self, d: int, hidden: int, eps: float, conv: ConvSpec | None = None) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(d, eps)
-        self.attn = HGRNMixer(d, eps)
+        self.attn = HGRNMixer(d, eps, conv)
         self.mlp_norm = RMSNorm(d, eps)
         self.mlp = BitMLP(d, hidden, eps)
 
@@ -173,6 +191,11 @@ class RecurrentLM(CausalLM):
         roles = super().param_roles()
         if self.lm_head is not None:
             roles["lm_head.weight"] = "output"
+        for name, module in self.named_modules():
+            if isinstance(module, ShortConv):  # per-channel taps, not a matrix: no decay, never Muon
+                roles[f"{name}.weight"] = "gain"
+                if module.bias is not None:
+                    roles[f"{name}.bias"] = "bias"
         return roles
 
     def residual_outputs(self) -> tuple[str, ...]:
@@ -190,6 +213,9 @@ class RecurrentLM(CausalLM):
                 nn.init.normal_(p, 0.0, scaled, generator=gen)
             else:
                 nn.init.normal_(p, 0.0, std, generator=gen)
+        for module in self.modules():
+            if isinstance(module, ShortConv):
+                module.reset_parameters(gen)
         self.reset_special_parameters()
 
     def reset_special_parameters(self) -> None:
@@ -225,7 +251,8 @@ class HGRNBit(RecurrentLM):
         super().__init__(cfg)
         d = cfg.d_model
         self._build_io(d, cfg.norm_eps)
-        self.trunk = Stack([HGRNBlock(d, cfg.hidden(d), cfg.norm_eps) for _ in range(cfg.n_layers)], d, cfg.norm_eps)
+        blocks = [HGRNBlock(d, cfg.hidden(d), cfg.norm_eps, cfg.conv_spec()) for _ in range(cfg.n_layers)]
+        self.trunk = Stack(blocks, d, cfg.norm_eps)
         self._finish_init()
 
     def hidden_states(self, input_ids: torch.Tensor, *, state: RecurrentState | None = None,

@@ -17,7 +17,8 @@ SPEC = register(ArchSpec(
     test_preset="hnet-bit-test",
     test_variants={"1stage": {}, "2stage-tied": dict(widths=[32, 48, 64], encoder_layers=[1, 1],
                                                       decoder_layers=[1, 1], target_ratios=[2.0, 3.0],
-                                                      tie_embeddings=True)},
+                                                      tie_embeddings=True),
+                   "hybrid": dict(main_pattern="xa", attn_window=4, attn_heads=2)},
 ))
 
 __all__ = ["HNetBit", "HNetConfig", "PRESETS", "SPEC"]

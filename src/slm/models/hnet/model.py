@@ -15,7 +15,9 @@ Decisions:
 - No lookahead: b_t reads h_{t-1} and h_t only, chunk j is known at its first input, and y_t reads chunks up to t.
   The registry's no-future-leak and state-decode invariants hold, and tests/models/test_hnet.py checks it per stage.
 - Batched training gathers each row's chunks to the front of a (B, M) buffer, M the largest chunk count; the rest is
-  masked (identity steps of every recurrence), so rows chunk independently and nothing ever crosses rows.
+  masked (identity steps of every recurrence), so rows chunk independently and nothing ever crosses rows. While
+  exporting (ONNX) M is T, since reading the largest count is a host sync; the gather order is a scatter by running
+  counts (no stable sort or cummax in ONNX), so the exported prefill computes the same function.
 - Decoding carries, per stage, the last encoder output (the router's h_{t-1}), whether the row has started, and
   z̄; the inner stage steps with mask b_t, so a row without a boundary at this byte leaves its inner states as they
   were. Rows may disagree on boundaries at every step (Simplified SLM's cache crashed on exactly that), the step has
@@ -26,7 +28,9 @@ Decisions:
   accumulation leaves it unchanged. Logged: `aux_ratio_<s>` (the weighted loss), `chunk_ratio_<s>` (inputs per
   chunk, 1/F, the compression of stage s) and `chunk_ratio` (bytes per innermost chunk).
 - Routers and the residual projection are full precision (fp32 cosine, even under autocast), initialised to the
-  identity and to zero as in H-Net; everything else is BitLinear. Widths grow inward through a learned pad vector.
+  identity and to zero as in H-Net; everything else is BitLinear, except the Q, K, V, O of the optional innermost
+  sliding-window attention layers (`main_pattern` letter `a`, slm.models.hnet.attention), fp as in Simplified SLM.
+  Those keep a per-row ring of their last `attn_window` chunks' keys, written only at a row's boundaries.
 - Training FLOPs count every stage at the byte rate (the registry's upper bound); inner stages really see 1/N.
 """
 
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from ..hgrn_bit.model import HGRNBlock, RecurrentLM, Stack
 from ..hgrn_bit.state import RecurrentState
 from ..layers.scan import linear_scan
+from .attention import AttentionBlock
 from .config import HNetConfig
 
 
@@ -55,8 +60,14 @@ def _ste_one(c: torch.Tensor) -> torch.Tensor:
     return c - c.detach() + 1.0
 
 
-def _stack(cfg: HNetConfig, d: int, n: int) -> Stack:
-    return Stack([HGRNBlock(d, cfg.hidden(d), cfg.norm_eps) for _ in range(n)], d, cfg.norm_eps)
+def _stack(cfg: HNetConfig, d: int, kinds: str) -> Stack:
+    """A stack of width d with one block per letter of `kinds` (x: HGRN-Bit, a: sliding-window attention)."""
+    def block(kind: str) -> nn.Module:
+        if kind == "a":
+            return AttentionBlock(d, cfg.hidden(d), cfg.norm_eps, cfg.attn_heads, cfg.attn_window, cfg.rope_theta)
+        return HGRNBlock(d, cfg.hidden(d), cfg.norm_eps, cfg.conv_spec())
+
+    return Stack([block(kind) for kind in kinds], d, cfg.norm_eps)
 
 
 
@@ -65,6 +76,28 @@ def _linear_fp32(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     bias = None if linear.bias is None else linear.bias.float()
     return F.linear(x.float(), linear.weight.float(), bias)
 
+def _latest_true(real: torch.Tensor) -> torch.Tensor:
+    """real (B, T) bool -> (B, T) long: the index of the latest True at or before t, -1 before the first. A running
+    max written as a scatter (slot k: index of the k-th True) and a gather by the running count, since ONNX has no
+    cummax."""
+    B, T = real.shape
+    count = real.long().cumsum(dim=1)  # (B, T) Trues up to t: the latest is the count-th
+    pos = torch.arange(T, device=real.device).expand(B, T)
+    table = torch.full((B, T + 1), -1, dtype=torch.long, device=real.device)  # slot 0: no True yet
+    table = table.scatter(1, torch.where(real, count, 0), torch.where(real, pos, -1))  # non-real rewrite slot 0's -1
+    return table.gather(1, count)
+
+
+def _boundaries_first(b: torch.Tensor) -> torch.Tensor:
+    """b (B, T) bool -> (B, T) long: the positions with b first, then the others, each in order (a stable argsort of
+    ~b, written as one scatter of a permutation: ONNX has no stable sort)."""
+    B, T = b.shape
+    ones, rest = b.long().cumsum(dim=1), (~b).long().cumsum(dim=1)  # (B, T) running counts of each kind
+    dest = torch.where(b, ones - 1, ones[:, -1:] + rest - 1)  # (B, T) where each position goes
+    pos = torch.arange(T, device=b.device).expand(B, T)
+    return torch.empty_like(pos).scatter(1, dest, pos)
+
+
 class ChunkStage(nn.Module):
     """Encoder -> router/chunker -> inner -> dechunker -> decoder at one width (module docstring)."""
 
@@ -72,14 +105,14 @@ class ChunkStage(nn.Module):
         super().__init__()
         d, d_in = cfg.widths[s], cfg.widths[s + 1]
         self.d, self.target = d, cfg.target_ratios[s]
-        self.encoder = _stack(cfg, d, cfg.encoder_layers[s])
+        self.encoder = _stack(cfg, d, "x" * cfg.encoder_layers[s])
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.pad = nn.Parameter(torch.zeros(d_in - d)) if d_in > d else None
-        self.inner: nn.Module = ChunkStage(cfg, s + 1) if s + 1 < cfg.n_stages else _stack(cfg, d_in,
-                                                                                           len(cfg.main_pattern))
+        self.inner: nn.Module = (ChunkStage(cfg, s + 1) if s + 1 < cfg.n_stages
+                                 else _stack(cfg, d_in, cfg.main_pattern))
         self.residual = nn.Linear(d, d, bias=False)
-        self.decoder = _stack(cfg, d, cfg.decoder_layers[s])
+        self.decoder = _stack(cfg, d, "x" * cfg.decoder_layers[s])
         self.slots: list[int] = []  # prev_h, started, zbar (assigned by the model)
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (b, p, valid) of the last pass
 
@@ -115,8 +148,7 @@ class ChunkStage(nn.Module):
         B, T, D = x.shape
         h = self.encoder(x, valid, reset, state)  # (B, T, D)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if valid is None else valid
-        pos = torch.arange(T, device=x.device).expand(B, T)
-        last_real = torch.where(real, pos, -1).cummax(dim=1).values  # (B, T) latest real input <= t
+        last_real = _latest_true(real)  # (B, T) latest real input <= t
         prev_idx = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], dim=1)  # latest real < t
         prev0 = state.get(self.slots[0]).to(h.dtype) if state is not None else h.new_zeros(B, D)
         started0 = state.get(self.slots[1]) if state is not None else torch.zeros(B, dtype=torch.bool,
@@ -133,10 +165,11 @@ class ChunkStage(nn.Module):
 
         # chunk: each row's boundary inputs, in order, at the front of (B, M)
         counts = b.sum(dim=1)  # (B,)
-        M = int(counts.max())
+        # the largest chunk count is a host read; an export (symbolic T) takes its bound T, the extra slots masked
+        M = T if torch.compiler.is_exporting() else int(counts.max())
         zbar0 = state.get(self.slots[2]) if state is not None else h.new_zeros(B, D, dtype=torch.float32)
         if M > 0:
-            order = torch.argsort((~b).to(torch.int8), dim=1, stable=True)[:, :M]  # (B, M) boundary positions
+            order = _boundaries_first(b)[:, :M]  # (B, M) boundary positions
             chunk_valid = torch.arange(M, device=x.device)[None] < counts[:, None]  # (B, M)
             chunks = h.gather(1, order[..., None].expand(B, M, D))
             chunk_reset = None if reset is None else reset.gather(1, order) & chunk_valid
@@ -144,7 +177,8 @@ class ChunkStage(nn.Module):
             P = p.gather(1, order)[..., None]  # (B, M, 1)
             keep = chunk_valid[..., None]
             zbar = linear_scan(torch.where(keep, 1 - P, 1.0).expand(B, M, D),
-                               torch.where(keep, P * z.float(), 0.0), zbar0)  # (B, M, D) dechunking EMA
+                               torch.where(keep, P * z.float(), 0.0), zbar0,
+                               max_len=None if state is None else state.max_len)  # (B, M, D) dechunking EMA
             j = b.long().cumsum(dim=1) - 1  # (B, T) chunk of each input (-1: before this call's first chunk)
             y = torch.where((j >= 0)[..., None], zbar.gather(1, j.clamp_min(0)[..., None].expand(B, T, D)),
                             zbar0[:, None])
@@ -202,6 +236,14 @@ class HNetBit(RecurrentLM):
 
     def residual_outputs(self) -> tuple[str, ...]:
         return ("o_proj.weight", "down_proj.weight")
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The registry's 6 * matmul weights, plus 12 d per key each `a` layer's query sees (min(t + 1, window),
+        averaged over the sequence), at the byte rate like the rest."""
+        c = self.cfg
+        w = min(c.attn_window, seq_len)
+        keys = (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+        return super().flops_per_token(seq_len) + c.main_pattern.count("a") * 12 * c.widths[-1] * keys
 
     def _set_checkpointing(self) -> None:
         for module in self.modules():

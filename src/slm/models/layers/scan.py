@@ -15,12 +15,16 @@ Decisions:
 - flash-linear-attention's Triton HGRN kernel is used on CUDA when importable (`fla.ops.hgrn`) and when, on a first
   probe, it computes the same recurrence as this scan (their gate is log f); never imported on CPU, never
   required. (Not exercised here: no CUDA machine was available; the probe is what guards it.)
+- While exporting (torch.export, ONNX) the length is symbolic and `while k < T` cannot be traced: given an upper
+  bound `max_len` (the decode state's), the same levels run a fixed ceil(log2 max_len) times, each shift a zero pad
+  and a slice (`_tree_scan_levels`; identical sums for any T <= max_len, no branch on T). Training keeps the slices.
 bench/hgrn_scan.py measures this scan against a per-timestep loop (forward + backward).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _tree_scan(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +37,20 @@ def _tree_scan(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             a[:, k:] = a[:, k:] * a[:, :-k]
         b[:, k:] = b_new
         k *= 2
+    return b
+
+
+def _tree_scan_levels(f: torch.Tensor, x: torch.Tensor, max_len: int) -> torch.Tensor:
+    """`_tree_scan` for a symbolic T <= max_len (torch.export): ceil(log2 max_len) levels whatever T, the shift by k a
+    zero pad and a slice, so the graph has no branch on T. A level with k >= T adds zeros (the sums are unchanged)."""
+    T, levels = x.shape[1], max(1, (max_len - 1).bit_length())  # 2 ** levels >= max_len
+    a, b = f, x
+    for level in range(levels):
+        k = 1 << level
+        b_new = torch.addcmul(b, a, F.pad(b, (0, 0, k, 0))[:, :T])  # b_t + a_t * b_{t-k}, b_{t-k} = 0 for t < k
+        if level + 1 < levels:
+            a = a * F.pad(a, (0, 0, k, 0), value=1.0)[:, :T]  # a_t * a_{t-k}, a_{t-k} = 1 for t < k
+        b = b_new
     return b
 
 
@@ -84,12 +102,16 @@ def _fla_scan(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tenso
 
 
 def linear_scan(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None = None, *,
-                use_fla: bool = True) -> torch.Tensor:
-    """f, x (B, T, D), optional initial state h0 (B, D) -> h (B, T, D) fp32 with h_t = f_t * h_{t-1} + x_t."""
+                use_fla: bool = True, max_len: int | None = None) -> torch.Tensor:
+    """f, x (B, T, D), optional initial state h0 (B, D) -> h (B, T, D) fp32 with h_t = f_t * h_{t-1} + x_t.
+    `max_len` bounds T while exporting (a symbolic T): then the scan runs a fixed number of levels (module docstring)."""
     f, x = f.float(), x.float()
     if h0 is None:
         h0 = torch.zeros_like(x[:, 0])
     h0 = h0.float()
+    if max_len is not None and torch.compiler.is_exporting():  # inference only: no autograd Function to trace
+        x = torch.cat([torch.addcmul(x[:, :1], f[:, :1], h0[:, None]), x[:, 1:]], dim=1)  # fold h0 into x_0
+        return _tree_scan_levels(f, x, max_len)
     if use_fla and x.is_cuda:
         out = _fla_scan(f, x, h0)
         if out is not None:
