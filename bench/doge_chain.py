@@ -96,7 +96,11 @@ def render(res: dict) -> str:
     ]
     lines = ["| stage | figure | before | after | seconds |", "|---|---|---|---|---|"]  # seconds: whole command
     lines += [f"| {a} | {b} | {f(c)} | {f(d)} | {e:.0f} |" for a, b, c, d, e in rows]
-    lines += ["", f"GRPO mean sampled train reward: {f(s['grpo']['train_reward_mean'])} (of 2: math + format); "
+    lines += ["", "Preference accuracy: the model gives the right sum a higher log-likelihood than the wrong one. After "
+              f"DPO, the implicit reward (log-ratio to the SFT model) is higher for the right sum in "
+              f"{f(s['dpo'].get('reward_accuracy_after'))} of held-out pairs (mean margin "
+              f"{f(s['dpo'].get('margin_after'))}); DPO moves that ratio, not the likelihoods themselves.",
+              "", f"GRPO mean sampled train reward: {f(s['grpo']['train_reward_mean'])} (of 2: math + format); "
                   f"held-out math accuracy after GRPO: {f(s['grpo']['math_after'])}.", "",
               f"`{res['command']}` — {res['date']}; {res['machine']}"]
     return "\n".join(lines)
@@ -117,6 +121,7 @@ def main() -> int:
     ap.add_argument("--base", default="", help="a finished Doge pretraining run to start from (skips stage 1)")
     ap.add_argument("--data-only", action="store_true", help="only write runs/doge-data/*.jsonl")
     ap.add_argument("--quick", action="store_true", help="smoke run: a few steps per stage, no README update")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of every stage (0 = all cores)")
     args = ap.parse_args()
     print(write_data())
     if args.data_only:
@@ -124,12 +129,13 @@ def main() -> int:
     from harness import machine_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 
     quick = ["--train.steps=2", "--train.eval_every=0", "--train.eval_batches=2", "--train.compile=false"]
+    threads = [f"--train.num_threads={args.threads}"] if args.threads else []
     out = ROOT / "runs" / ("doge-chain-quick" if args.quick else "doge-chain")
     stages: dict[str, dict] = {}
     t0 = time.perf_counter()
     base = Path(args.base) if args.base else out / "base"
     if not args.base:
-        _slm("run", "recipes/doge.yaml", f"--run.out_dir={base}", "--run.overwrite=true",
+        _slm("run", "recipes/doge.yaml", f"--run.out_dir={base}", "--run.overwrite=true", *threads,
              *(quick + ["--train.phases=[]", "--tokenizer.vocab_size=512"] if args.quick else []))
     source = f"`{args.base}` (`--base`)" if args.base else "`slm run recipes/doge.yaml`"
     seconds = _summary(base).get("timings", {}).get("total_s", 0.0) if args.base else time.perf_counter() - t0
@@ -139,12 +145,15 @@ def main() -> int:
         t = time.perf_counter()
         run_dir = out / method
         _slm(method, f"recipes/doge-{method}.yaml", f"--posttrain.init_from={prev}", f"--run.out_dir={run_dir}",
-             "--run.overwrite=true", *(quick + (["--posttrain.grpo.eval_prompts=2"] if method == "grpo" else [])
+             "--run.overwrite=true", *threads, *(quick + (["--posttrain.grpo.eval_prompts=2"] if method == "grpo" else [])
                                        if args.quick else []))
         summ = _summary(run_dir)
         key = {"sft": "loss", "dpo": "pref_accuracy", "grpo": "reward"}[method]
         stages[method] = {"before": summ["eval_before"].get(key), "after": summ["eval_after"].get(key),
                           "seconds": time.perf_counter() - t}
+        if method == "dpo":  # the DPO objective's own accuracy: implicit reward of chosen > rejected (vs the SFT model)
+            stages[method]["reward_accuracy_after"] = summ["eval_after"].get("rewards_accuracy")
+            stages[method]["margin_after"] = summ["eval_after"].get("rewards_margin")
         if method == "grpo":
             stages[method]["train_reward_mean"] = _mean_train_reward(run_dir)
             stages[method]["math_after"] = summ["eval_after"].get("reward_math")

@@ -26,6 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per model (16 x 256 tokens each)")
     ap.add_argument("--quick", action="store_true", help="smoke run: a few steps, no README update")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of every model's training (0 = all cores)")
     args = ap.parse_args()
     cmd = [sys.executable, str(ROOT / "bench" / "arch_compare.py"), "--name", "doge", "--recipe", "recipes/doge.yaml"]
     for spec in MODELS:
@@ -33,7 +34,7 @@ def main() -> int:
     if args.quick:
         cmd.append("--quick")
     cmd += ["--", f"--train.steps={args.steps}", f"--train.eval_every={max(1, args.steps // 8)}",
-            "--train.checkpoint_every=0"]
+            "--train.checkpoint_every=0", *([f"--train.num_threads={args.threads}"] if args.threads else [])]
     print(" ".join(cmd[1:]), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
 
