@@ -1,4 +1,5 @@
-"""The dense causal attention of compiled CPU training (slm.models.layers.attention) computes what SDPA computes."""
+"""The dense causal attention of compiled CPU training and the one-query decode attention
+(slm.models.layers.attention) compute what SDPA computes."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import torch
 import torch.nn.functional as F
 
 from slm.models import build_model, preset_config
-from slm.models.layers.attention import causal_bias, dense_causal_attention, use_dense
+from slm.models.layers.attention import causal_bias, dense_causal_attention, step_attention, use_dense
 
 
 def _qkv(B: int, H: int, Hk: int, T: int, D: int, dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
     return [torch.randn(B, h, T, D, generator=g, dtype=dtype).requires_grad_() for h in (H, Hk, Hk)]
+
+
+@pytest.mark.parametrize("H,Hk", [(9, 3), (4, 4), (6, 1)])
+def test_step_attention_matches_sdpa_with_a_mask(H, Hk):
+    q, k, v = (t.detach() for t in _qkv(2, H, Hk, 12, 8))
+    q = q[:, :, :1]  # one query per row
+    mask = torch.rand(2, 1, 1, 12, generator=torch.Generator().manual_seed(1)) < 0.6
+    mask[:, :, :, 0] = True  # every row attends to something
+    rep = H // Hk
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask)
+    torch.testing.assert_close(step_attention(q, k, v, mask), want)
 
 
 @pytest.mark.parametrize("H,Hk,T", [(4, 2, 9), (6, 6, 16), (6, 1, 5), (3, 3, 1)])

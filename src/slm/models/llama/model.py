@@ -12,7 +12,8 @@ Decisions:
   inductor) runs a layer's forward + backward in about half SDPA's time.
 - One-token calls with a cache go through `hidden_step`, the static-shape decode step (see
   `slm.models.layers.kv_cache`): the same maths over the whole cache buffer, with no host reads, so it can be
-  compiled once and replayed per token.
+  compiled once and replayed per token. On CPU its one-query attention is `step_attention` (two small GEMMs and a
+  softmax), not SDPA, whose flash kernel is mostly per-call overhead for a single query.
 - The shared `CausalLM.forward` (slm.models.base) turns the final hidden states into logits or the chunked loss;
   this class supplies `hidden_states`, `hidden_step` and its decode state (a `KVCache`).
 - This module knows nothing about tokenizers, data or training.
@@ -29,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..base import CausalLM, check_positions, document_causal_mask
 from ..layers.attention import MAX_LEN as DENSE_MAX_LEN
-from ..layers.attention import causal_bias, dense_causal_attention, use_dense
+from ..layers.attention import causal_bias, dense_causal_attention, step_attention, use_dense
 from ..layers.kv_cache import KVCache
 from ..layers.norm import RMSNorm
 from ..layers.rope import apply_rope, rope_tables
@@ -68,6 +69,9 @@ class Attention(nn.Module):
             k, v = k.to(q.dtype), v.to(q.dtype)
         if cache is None and dense_bias is not None and use_dense(q):  # the bias encodes the same mask
             y = dense_causal_attention(q, k, v, dense_bias)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        if step and q.device.type == "cpu":  # one query: SDPA's flash kernel is mostly overhead here
+            y = step_attention(q, k, v, mask)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         gqa = self.n_heads != self.n_kv_heads
         if gqa and not _SDPA_HAS_GQA:
