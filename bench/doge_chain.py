@@ -11,7 +11,7 @@ GRPO reward (greedy, held-out prompts) before/after plus the mean sampled train 
 The post-training data are generated, not downloaded: a Shakespeare-sized model knows no instructions, so the demo
 teaches it one narrow skill — adding two numbers below 50 — in SmallDoge's reasoning layout. SFT chats answer
 "<think>a plus b</think> <answer>a+b</answer>"; DPO pairs prefer the right sum to a wrong one (off by 1-10); GRPO
-prompts carry the sum for the `math` reward and the layout earns the `format` reward. Held-out splits use pairs
+prompts carry the sum for the `math_partial` reward and the layout earns the `format` reward. Held-out splits use pairs
 (a, b) that training never sees. Writes runs/doge-chain.json and the README table between
 `<!-- doge-chain:start -->` and `<!-- doge-chain:end -->` (figures generated, never typed).
 """
@@ -91,7 +91,7 @@ def render(res: dict) -> str:
          s["sft"]["seconds"]),
         ("instruct: `slm dpo recipes/doge-dpo.yaml`", "held-out preference accuracy", s["dpo"]["before"],
          s["dpo"]["after"], s["dpo"]["seconds"]),
-        ("reason: `slm grpo recipes/doge-grpo.yaml`", "held-out reward (math + format, greedy)", s["grpo"]["before"],
+        ("reason: `slm grpo recipes/doge-grpo.yaml`", "held-out reward (math_partial + format, greedy)", s["grpo"]["before"],
          s["grpo"]["after"], s["grpo"]["seconds"]),
     ]
     lines = ["| stage | figure | before | after | seconds |", "|---|---|---|---|---|"]  # seconds: whole command
@@ -100,8 +100,9 @@ def render(res: dict) -> str:
               f"DPO, the implicit reward (log-ratio to the SFT model) is higher for the right sum in "
               f"{f(s['dpo'].get('reward_accuracy_after'))} of held-out pairs (mean margin "
               f"{f(s['dpo'].get('margin_after'))}); DPO moves that ratio, not the likelihoods themselves.",
-              "", f"GRPO mean sampled train reward: {f(s['grpo']['train_reward_mean'])} (of 2: math + format); "
-                  f"held-out math accuracy after GRPO: {f(s['grpo']['math_after'])}.", "",
+              "", f"GRPO mean sampled train reward: {f(s['grpo']['train_reward_mean'])} (of 2: math_partial + format); "
+                  f"held-out math_partial reward (1 = the exact sum, up to 0.5 for a close one): "
+                  f"{f(s['grpo'].get('math_before'))} before GRPO, {f(s['grpo']['math_after'])} after.", "",
               f"`{res['command']}` — {res['date']}; {res['machine']}"]
     return "\n".join(lines)
 
@@ -156,7 +157,8 @@ def main() -> int:
             stages[method]["margin_after"] = summ["eval_after"].get("rewards_margin")
         if method == "grpo":
             stages[method]["train_reward_mean"] = _mean_train_reward(run_dir)
-            stages[method]["math_after"] = summ["eval_after"].get("reward_math")
+            stages[method]["math_before"] = summ["eval_before"].get("reward_math_partial")
+            stages[method]["math_after"] = summ["eval_after"].get("reward_math_partial")
         prev = run_dir
     res = {"command": "python bench/doge_chain.py " + " ".join(sys.argv[1:]), "machine": machine_line(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "stages": stages}
