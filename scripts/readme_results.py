@@ -70,6 +70,7 @@ TARGETS = {
     "memory": [("ratio", "<=", 0.6)],
     "serve": [("ratio_16", ">=", 4.0)],
     "step_profile": [("non_gemm_share", "<=", 0.3)],
+    "hgrn_scan": [("scan_speedup", ">=", 10.0)],
 }
 
 
