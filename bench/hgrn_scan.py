@@ -66,37 +66,32 @@ def main() -> None:
     mixer = hgrn_model.HGRNMixer(D, 1e-6).train()
     xm = torch.randn(B, T, D).requires_grad_()
 
-    def mixer_run(scan):
+    def with_scan(scan, work):  # ms of work() with the model code's scan swapped for `scan`
         def run() -> float:
             hgrn_model.linear_scan = scan
             try:
                 t0 = clock()
-                mixer(xm, None, None, None).sum().backward()
+                work()
                 return (clock() - t0) * 1000
             finally:
                 hgrn_model.linear_scan = linear_scan
         return run
 
-    mix = alternate({"mixer_scan_ms": mixer_run(linear_scan), "mixer_loop_ms": mixer_run(_loop_scan)}, args.rounds,
-                    label="mixer ")
+    def mixer_step():
+        mixer(xm, None, None, None).sum().backward()
+
+    mix = alternate({"mixer_scan_ms": with_scan(linear_scan, mixer_step),
+                     "mixer_loop_ms": with_scan(_loop_scan, mixer_step)}, args.rounds, label="mixer ")
 
     cfg = preset_config(args.preset, vocab_size=320, max_seq_len=max(T, 128))
     model = build_model(cfg).train()
     ids = torch.randint(0, 256, (B, T + 1))
 
-    def step(scan):
-        def run() -> float:
-            hgrn_model.linear_scan = scan
-            try:
-                t0 = clock()
-                model(ids[:, :-1], targets=ids[:, 1:]).backward()
-                return (clock() - t0) * 1000
-            finally:
-                hgrn_model.linear_scan = linear_scan
-        return run
+    def train_step():
+        model(ids[:, :-1], targets=ids[:, 1:]).backward()
 
-    stp = alternate({"step_scan_ms": step(linear_scan), "step_loop_ms": step(_loop_scan)}, args.rounds,
-                    label="train step ")
+    stp = alternate({"step_scan_ms": with_scan(linear_scan, train_step),
+                     "step_loop_ms": with_scan(_loop_scan, train_step)}, args.rounds, label="train step ")
 
     # decode: batch 1, greedy, eager, against a Llama of about the same parameter count and the same vocab
     d = cfg.d_model

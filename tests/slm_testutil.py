@@ -51,3 +51,16 @@ def assert_ragged_decode_matches_full(m, seqs: list[torch.Tensor], lens: list[in
             full = m(seqs[b][None])[0]  # (L + new, V)
             for i, logits in enumerate(steps):
                 torch.testing.assert_close(logits[b], full[L - 1 + i], atol=2e-5, rtol=1e-5)
+
+
+def assert_chunked_and_packed_match(m, x: torch.Tensor, cuts: list[tuple[int, int]], docs: list[torch.Tensor]) -> None:
+    """A recurrent model fed `x` (B, T) in chunks `cuts` through one state equals one forward of x, and documents
+    `docs` (each (1, n)) packed into one row with doc_ids/position_ids equal separate forwards."""
+    with torch.no_grad():
+        state = m.new_state(x.shape[0], 64)
+        chunked = torch.cat([m(x[:, a:b], state=state) for a, b in cuts], dim=1)
+        torch.testing.assert_close(chunked, m(x), atol=2e-5, rtol=1e-5)
+        doc_ids = torch.cat([torch.full((1, d.shape[1]), i) for i, d in enumerate(docs)], dim=1)
+        pos = torch.cat([torch.arange(d.shape[1])[None] for d in docs], dim=1)
+        packed = m(torch.cat(docs, dim=1), doc_ids=doc_ids, position_ids=pos)
+        torch.testing.assert_close(packed, torch.cat([m(d) for d in docs], dim=1), atol=2e-5, rtol=1e-5)

@@ -14,7 +14,7 @@ from slm.models import build_model, preset_config
 from slm.models.layers.bitlinear import BitLinear, quantize_activations, quantize_weights, ternary_codes
 from slm.models.hgrn_bit.conv import ShortConv
 from slm.models.layers.scan import _LinearScan, linear_scan, linear_scan_naive
-from slm_testutil import assert_ragged_decode_matches_full
+from slm_testutil import assert_chunked_and_packed_match, assert_ragged_decode_matches_full
 
 SHARED = dict(use_short_conv=True)  # Simplified SLM's HEAD configs: one conv on the mixer input
 SPLIT = dict(use_short_conv=True, share_conv_kernel=False, conv_bias=True)  # one on each of i_proj, f_proj
@@ -121,14 +121,7 @@ def test_short_conv_chunked_prefill_and_packed_rows_equal_separate_forwards(kw):
     m = build_model(preset_config("hgrn-bit-test", init_std=0.2, **kw)).eval()
     x = torch.randint(0, 256, (3, 30))
     docs = [torch.randint(0, 256, (1, n)) for n in (7, 2, 9)]  # a document shorter than the window
-    with torch.no_grad():
-        state = m.new_state(3, 64)
-        chunked = torch.cat([m(x[:, a:b], state=state) for a, b in [(0, 2), (2, 3), (3, 17), (17, 30)]], dim=1)
-        torch.testing.assert_close(chunked, m(x), atol=2e-5, rtol=1e-5)
-        doc_ids = torch.cat([torch.full((1, d.shape[1]), i) for i, d in enumerate(docs)], dim=1)
-        pos = torch.cat([torch.arange(d.shape[1])[None] for d in docs], dim=1)
-        packed = m(torch.cat(docs, dim=1), doc_ids=doc_ids, position_ids=pos)
-        torch.testing.assert_close(packed, torch.cat([m(d) for d in docs], dim=1), atol=2e-5, rtol=1e-5)
+    assert_chunked_and_packed_match(m, x, [(0, 2), (2, 3), (3, 17), (17, 30)], docs)
 
 
 def test_short_conv_counts():

@@ -10,7 +10,7 @@ import torch
 
 from slm.cli import main
 from slm.errors import SlmError
-from slm_testutil import assert_ragged_decode_matches_full
+from slm_testutil import assert_chunked_and_packed_match, assert_ragged_decode_matches_full
 from slm.models import build_model, preset_config
 from slm.models.hnet.model import ratio_loss
 
@@ -100,14 +100,7 @@ def test_hybrid_chunked_prefill_and_packed_rows_equal_separate_forwards(kw):
     m = _model(**kw).eval()
     x = torch.randint(0, 256, (3, 40))
     docs = [torch.randint(0, 256, (1, n)) for n in (17, 3, 20)]
-    with torch.no_grad():
-        state = m.new_state(3, 64)
-        chunked = torch.cat([m(x[:, a:b], state=state) for a, b in [(0, 9), (9, 10), (10, 27), (27, 40)]], dim=1)
-        torch.testing.assert_close(chunked, m(x), atol=2e-5, rtol=1e-5)
-        doc_ids = torch.cat([torch.full((1, d.shape[1]), i) for i, d in enumerate(docs)], dim=1)
-        pos = torch.cat([torch.arange(d.shape[1])[None] for d in docs], dim=1)
-        packed = m(torch.cat(docs, dim=1), doc_ids=doc_ids, position_ids=pos)
-        torch.testing.assert_close(packed, torch.cat([m(d) for d in docs], dim=1), atol=2e-5, rtol=1e-5)
+    assert_chunked_and_packed_match(m, x, [(0, 9), (9, 10), (10, 27), (27, 40)], docs)
 
 
 def test_hybrid_gradients_do_not_depend_on_accumulation():

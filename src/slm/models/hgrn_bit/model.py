@@ -111,11 +111,14 @@ class BitMLP(nn.Module):
         return self.down_proj(F.silu(g) * u)
 
 
-class HGRNBlock(nn.Module):
-    def __init__(self, d: int, hidden: int, eps: float, conv: ConvSpec | None = None) -> None:
+class MixerBlock(nn.Module):
+    """x + mixer(RMSNorm(x)), then x + BitMLP(RMSNorm(x)). The mixer (HGRN, or H-Net's window attention) has
+    forward(x, valid, reset, state) and step(x, real, state)."""
+
+    def __init__(self, mixer: nn.Module, d: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(d, eps)
-        self.attn = HGRNMixer(d, eps, conv)
+        self.attn = mixer
         self.mlp_norm = RMSNorm(d, eps)
         self.mlp = BitMLP(d, hidden, eps)
 
@@ -127,6 +130,11 @@ class HGRNBlock(nn.Module):
     def step(self, x: torch.Tensor, real: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         x = x + self.attn.step(self.attn_norm(x), real, state)
         return x + self.mlp(self.mlp_norm(x))
+
+
+class HGRNBlock(MixerBlock):
+    def __init__(self, d: int, hidden: int, eps: float, conv: ConvSpec | None = None) -> None:
+        super().__init__(HGRNMixer(d, eps, conv), d, hidden, eps)
 
 
 class Stack(nn.Module):

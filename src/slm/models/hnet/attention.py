@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..hgrn_bit.model import BitMLP
+from ..hgrn_bit.model import MixerBlock
 from ..hgrn_bit.state import RecurrentState
-from ..layers.norm import RMSNorm
 from ..layers.rope import apply_rope
 
 
@@ -128,21 +127,8 @@ class WindowAttention(nn.Module):
         return self._merge(out)
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(MixerBlock):
     """x + WindowAttention(RMSNorm(x)), then x + BitMLP(RMSNorm(x)): an `a` layer of `main_pattern`."""
 
     def __init__(self, d: int, hidden: int, eps: float, heads: int, window: int, theta: float) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(d, eps)
-        self.attn = WindowAttention(d, heads, window, theta)
-        self.mlp_norm = RMSNorm(d, eps)
-        self.mlp = BitMLP(d, hidden, eps)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None, reset: torch.Tensor | None,
-                state: RecurrentState | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), valid, reset, state)
-        return x + self.mlp(self.mlp_norm(x))
-
-    def step(self, x: torch.Tensor, real: torch.Tensor, state: RecurrentState) -> torch.Tensor:
-        x = x + self.attn.step(self.attn_norm(x), real, state)
-        return x + self.mlp(self.mlp_norm(x))
+        super().__init__(WindowAttention(d, heads, window, theta), d, hidden, eps)
