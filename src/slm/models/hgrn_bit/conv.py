@@ -32,6 +32,14 @@ import torch.nn.functional as F
 from .state import RecurrentState
 
 
+def front_dest(mask: torch.Tensor) -> torch.Tensor:
+    """mask (B, T) bool -> (B, T) long: where each position goes when the True positions move to the front, in
+    order, and the others after them, in order (a stable partition written with running counts: ONNX has no stable
+    sort). Scatter by it to move, gather by it to move back."""
+    ones, rest = mask.long().cumsum(dim=1), (~mask).long().cumsum(dim=1)  # (B, T) running counts of each kind
+    return torch.where(mask, ones - 1, ones[:, -1:] + rest - 1)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """The short convolution of an HGRN-Bit mixer (slm.models.hgrn_bit.config: use_short_conv and friends)."""
@@ -84,8 +92,7 @@ class ShortConv(nn.Module):
         prev = state.get(self.slots[0]).to(x.dtype) if state is not None else x.new_zeros(B, K - 1, C)
         dest = None
         if valid is not None:  # real inputs first, in order (masked ones after: they never enter a window)
-            real_rank, masked_rank = valid.long().cumsum(dim=1), (~valid).long().cumsum(dim=1)  # (B, T)
-            dest = torch.where(valid, real_rank, real_rank[:, -1:] + masked_rank) - 1  # (B, T) a permutation
+            dest = front_dest(valid)  # (B, T) a permutation
             x = torch.zeros_like(x).scatter(1, dest[..., None].expand(B, T, C), x)
             reset = None if reset is None else torch.zeros_like(reset).scatter(1, dest, reset)
         seq = torch.cat([prev, x], dim=1)  # (B, K-1+T, C)

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..hgrn_bit.conv import front_dest
 from ..hgrn_bit.model import HGRNBlock, RecurrentLM, Stack
 from ..hgrn_bit.state import RecurrentState
 from ..layers.scan import linear_scan
@@ -92,10 +93,8 @@ def _boundaries_first(b: torch.Tensor) -> torch.Tensor:
     """b (B, T) bool -> (B, T) long: the positions with b first, then the others, each in order (a stable argsort of
     ~b, written as one scatter of a permutation: ONNX has no stable sort)."""
     B, T = b.shape
-    ones, rest = b.long().cumsum(dim=1), (~b).long().cumsum(dim=1)  # (B, T) running counts of each kind
-    dest = torch.where(b, ones - 1, ones[:, -1:] + rest - 1)  # (B, T) where each position goes
     pos = torch.arange(T, device=b.device).expand(B, T)
-    return torch.empty_like(pos).scatter(1, dest, pos)
+    return torch.empty_like(pos).scatter(1, front_dest(b), pos)
 
 
 class ChunkStage(nn.Module):
