@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..hgrn_bit.model import MixerBlock
 from ..hgrn_bit.state import RecurrentState
-from ..layers.rope import apply_rope
+from ..layers.rope import apply_rope, rope_at
 
 
 class WindowAttention(nn.Module):
@@ -53,10 +53,8 @@ class WindowAttention(nn.Module):
 
     def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x (B, H, T, Dh) rotated to positions pos (B, T)."""
-        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=x.device).float() / self.head_dim
-        freqs = pos.float()[..., None] * (1.0 / (self.theta ** exponent))  # (B, T, Dh/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, Dh)
-        return apply_rope(x, emb.cos(), emb.sin())
+        cos, sin = rope_at(pos, self.head_dim, self.theta)  # (B, T, Dh)
+        return apply_rope(x, cos[:, None], sin[:, None])
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         B, _, T, _ = out.shape

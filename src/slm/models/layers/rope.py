@@ -9,13 +9,17 @@ from __future__ import annotations
 import torch
 
 
+def rope_at(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (*positions.shape, head_dim) for rotate-half RoPE at any positions (e.g. per row), in fp32."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+    freqs = positions.float()[..., None] * (1.0 / (theta ** exponent))  # (..., D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (..., D)
+    return emb.cos(), emb.sin()
+
+
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables (max_len, head_dim) for rotate-half RoPE, in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    t = torch.arange(max_len, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq)  # (T, D/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
-    return emb.cos(), emb.sin()
+    return rope_at(torch.arange(max_len), head_dim, theta)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
