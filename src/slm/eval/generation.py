@@ -54,21 +54,6 @@ def generation_stats(texts: list[str], lengths: list[int] | None = None) -> dict
     return stats
 
 
-def generated_bytes(tokenizer, ids: list[int]) -> bytes:
-    """The raw bytes of token ids under a byte-level tokenizer (each token a run of byte stand-in characters);
-    special tokens and ids past the tokenizer's vocabulary add none."""
-    from ..tokenizer.core import bytes_to_unicode
-
-    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
-    special = set(tokenizer.special_tokens.values())
-    out = bytearray()
-    for i in ids:
-        token = None if i in special else tokenizer.id_to_token(i)
-        if token is not None:
-            out += bytes(char_to_byte[c] for c in token) if all(c in char_to_byte for c in token) else token.encode()
-    return bytes(out)
-
-
 def utf8_validity(tokenizer, generations: list[list[int]], max_new_tokens: int) -> float | None:
     """Share of generations (new token ids) whose bytes are valid UTF-8, or None without generations or for a
     tokenizer that is not byte-level (its tokens are text, always valid). A generation that reached
@@ -79,7 +64,7 @@ def utf8_validity(tokenizer, generations: list[list[int]], max_new_tokens: int) 
     valid = 0
     for ids in generations:
         try:
-            codecs.getincrementaldecoder("utf-8")().decode(generated_bytes(tokenizer, ids),
+            codecs.getincrementaldecoder("utf-8")().decode(b"".join(tokenizer.ids_to_bytes(ids)),
                                                            final=len(ids) < max_new_tokens)
             valid += 1
         except UnicodeDecodeError:

@@ -155,22 +155,25 @@ class Tokenizer:
         decoder = json.loads(self.to_json()).get("decoder") or {}
         return decoder.get("type") == "ByteLevel"
 
-    def token_byte_lengths(self) -> np.ndarray:
-        """(vocab_size,) int64: UTF-8 bytes each token adds to decoded text; 0 for special tokens."""
-        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+    def ids_to_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The raw bytes each id adds to decoded text: a byte-level token's stand-in characters mapped back to their
+        bytes (possibly not UTF-8 on their own), else the token decoded; b"" for special tokens and unknown ids."""
         special_ids = set(self.special_tokens.values())
         char_to_byte = {c: b for b, c in bytes_to_unicode().items()} if self.is_byte_level() else None
-        for i in range(self.vocab_size):
-            if i in special_ids:
-                continue
-            token = self.inner.id_to_token(i)
+        out = []
+        for i in ids:
+            token = None if i in special_ids else self.inner.id_to_token(i)
             if token is None:
-                continue
-            if char_to_byte is not None and all(c in char_to_byte for c in token):
-                lengths[i] = len(token)  # one stand-in character per byte
+                out.append(b"")
+            elif char_to_byte is not None and all(c in char_to_byte for c in token):
+                out.append(bytes(char_to_byte[c] for c in token))  # one stand-in character per byte
             else:
-                lengths[i] = len(self.decode([i]).encode("utf-8"))
-        return lengths
+                out.append(self.decode([i]).encode("utf-8"))
+        return out
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """(vocab_size,) int64: UTF-8 bytes each token adds to decoded text; 0 for special tokens."""
+        return np.array([len(b) for b in self.ids_to_bytes(range(self.vocab_size))], dtype=np.int64)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
