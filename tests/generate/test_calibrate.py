@@ -20,11 +20,18 @@ def model():
 
 
 @pytest.fixture
-def fake(monkeypatch, tmp_path):
-    """time_decode replaced by a table: (dtype, compiled) -> (step_s, setup_s); records the calls."""
+def table():
+    """(dtype, compile mode) -> (step_s, setup_s) of the fake timings."""
+    return {("fp32", False): (0.010, 0.0), ("bf16", False): (0.006, 0.0), ("bf16", True): (0.002, 30.0),
+            ("fp32", True): (0.004, 30.0), ("bf16", "autotune"): (0.003, 90.0), ("fp32", "autotune"): (0.003, 90.0)}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path, table):
+    """time_decode replaced by `table`; records the calls. The machine is quiet (load 0) unless a test says
+    otherwise."""
     monkeypatch.setenv("SLM_CACHE", str(tmp_path / "cache"))
-    table = {("fp32", False): (0.010, 0.0), ("bf16", False): (0.006, 0.0), ("bf16", True): (0.002, 30.0),
-             ("fp32", True): (0.004, 30.0)}
+    monkeypatch.setattr(cal, "_load", lambda: 0.0)
     calls = []
 
     def time_decode(m, compile, batch, **kw):
@@ -46,16 +53,37 @@ def test_compile_is_timed_only_for_long_work_and_chosen_only_when_it_pays(model,
     _, short = cal.choose_decode(model, expected_tokens=100)
     assert not short.compile and ("bf16", True) not in fake  # 100 tokens: not worth a compile to find out
     _, long = cal.choose_decode(model, expected_tokens=1_000_000)
-    assert long.compile and fake.count(("bf16", True)) == 1  # 30 s + 1M x 2 ms < 1M x 6 ms
+    # both compiled modes timed once; 30 s + 1M x 2 ms beats eager (1M x 6 ms) and autotune (90 s + 1M x 3 ms)
+    assert long.compile is True and fake.count(("bf16", True)) == fake.count(("bf16", "autotune")) == 1
     _, again = cal.choose_decode(model, expected_tokens=100)  # cached now: compiling 100 tokens still does not pay
-    assert not again.compile and len(fake) == 3
+    assert not again.compile and len(fake) == 4
+
+
+def test_the_faster_compiled_mode_wins(model, fake, table):
+    table[("bf16", "autotune")] = (0.001, 90.0)
+    _, long = cal.choose_decode(model, expected_tokens=1_000_000)
+    assert long.compile == "autotune"  # 90 s + 1M x 1 ms < 30 s + 1M x 2 ms
+    _, forced = cal.choose_decode(model, compile="true")  # both cached: the faster mode
+    assert forced.compile == "autotune" and len(fake) == 4
+
+
+def test_a_measurement_from_a_busy_machine_is_taken_again_when_quieter(model, fake, monkeypatch):
+    monkeypatch.setattr(cal, "_load", lambda: 8.0)  # other processes compete for the cores
+    cal.choose_decode(model, compile="false")
+    cal.choose_decode(model, compile="false")  # still busy: the cached entry stands
+    assert fake == [("fp32", False), ("bf16", False)]
+    monkeypatch.setattr(cal, "_load", lambda: 0.0)
+    _, quiet = cal.choose_decode(model, compile="false")
+    assert "measured" in quiet.summary and len(fake) == 4
+    _, cached = cal.choose_decode(model, compile="false")  # the quiet measurement stays
+    assert "cached" in cached.summary and len(fake) == 4
 
 
 def test_explicit_settings_are_not_timed(model, fake):
     chosen, choice = cal.choose_decode(model, dtype="fp32", compile="false")
     assert chosen is model and (choice.dtype, choice.compile) == ("fp32", False) and fake == []
     _, forced = cal.choose_decode(model, dtype="fp32", compile="true")
-    assert forced.compile and fake == [("fp32", False)]
+    assert forced.compile is True and fake == [("fp32", False)]  # nothing compiled was timed: the plain mode
 
 
 @pytest.mark.parametrize("bad", [{"dtype": "fp16"}, {"compile": "yes"}])

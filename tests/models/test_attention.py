@@ -16,15 +16,28 @@ def _qkv(B: int, H: int, Hk: int, T: int, D: int, dtype=torch.float64):
     return [torch.randn(B, h, T, D, generator=g, dtype=dtype).requires_grad_() for h in (H, Hk, Hk)]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("H,Hk", [(9, 3), (4, 4), (6, 1)])
-def test_step_attention_matches_sdpa_with_a_mask(H, Hk):
+def test_step_attention_matches_sdpa_with_a_mask(H, Hk, fused):
     q, k, v = (t.detach() for t in _qkv(2, H, Hk, 12, 8))
     q = q[:, :, :1]  # one query per row
     mask = torch.rand(2, 1, 1, 12, generator=torch.Generator().manual_seed(1)) < 0.6
     mask[:, :, :, 0] = True  # every row attends to something
     rep = H // Hk
     want = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask)
-    torch.testing.assert_close(step_attention(q, k, v, mask), want)
+    torch.testing.assert_close(step_attention(q, k, v, mask, fused=fused), want)
+
+
+def test_step_attention_fused_form_equals_the_gemm_form_in_bf16():
+    """The compiled decode step's broadcast-and-sum form rounds where the GEMM form does: same bf16 outputs up to the
+    order of fp32 summation."""
+    q, k, v = (t.detach().to(torch.bfloat16) for t in _qkv(3, 8, 2, 40, 16))
+    q = q[:, :, :1]
+    mask = torch.rand(3, 1, 1, 40, generator=torch.Generator().manual_seed(2)) < 0.7
+    mask[:, :, :, -1] = True
+    gemm, fused = step_attention(q, k, v, mask, fused=False), step_attention(q, k, v, mask, fused=True)
+    assert fused.dtype == gemm.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), gemm.float(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("H,Hk,T", [(4, 2, 9), (6, 6, 16), (6, 1, 5), (3, 3, 1)])

@@ -47,7 +47,7 @@ def fit_history(formatter: ChatFormatter, messages: list[Message], max_prompt: i
 
 
 def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], cfg: SamplingConfig,
-           print_fn: Callable[..., Any], compile: bool = False) -> str:
+           print_fn: Callable[..., Any], compile: bool | str = False) -> str:
     streamer = TextStreamer(lambda ids: formatter.tokenizer.decode(ids, skip_special=True))
 
     def on_token(row: int, token: int) -> None:
@@ -67,7 +67,7 @@ def _reply(model: nn.Module, formatter: ChatFormatter, messages: list[Message], 
 
 def run_chat(model: nn.Module, formatter: ChatFormatter, cfg: SamplingConfig, *, system_prompt: str = "",
              input_fn: Callable[[str], str] | None = None, print_fn: Callable[..., Any] | None = None,
-             compile: bool = False) -> list[Message]:
+             compile: bool | str = False) -> list[Message]:
     """Chat until /quit or EOF; returns the final conversation. `input_fn`/`print_fn` default to input/print;
     `compile` runs the decode step compiled (see `slm.generate.engine`)."""
     input_fn = input_fn or input

@@ -122,7 +122,7 @@ def apply_command(line: str, cfg: SamplingConfig) -> tuple[SamplingConfig, str]:
 
 
 def _stream_reply(model: nn.Module, tokenizer: TextTokenizer, prompt: list[int], cfg: SamplingConfig,
-                  print_fn: Callable[..., Any], compile: bool = False) -> None:
+                  print_fn: Callable[..., Any], compile: bool | str = False) -> None:
     """Generate for one prompt, printing text as tokens arrive."""
     for sample in range(cfg.num_samples):
         if cfg.num_samples > 1:
@@ -150,7 +150,7 @@ def _stream_reply(model: nn.Module, tokenizer: TextTokenizer, prompt: list[int],
 
 def run_repl(model: nn.Module, tokenizer: TextTokenizer, cfg: SamplingConfig, *,
              input_fn: Callable[[str], str] = input, print_fn: Callable[..., Any] = print,
-             compile: bool = False) -> None:
+             compile: bool | str = False) -> None:
     """Read prompts until /quit or EOF, streaming each continuation; slash commands change sampling settings.
     `compile` runs the decode step compiled (see `slm.generate.engine`)."""
     print_fn(f"slm repl: {_settings_line(cfg)}. /help for commands, /quit or Ctrl-D to exit.")

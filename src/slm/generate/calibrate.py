@@ -7,12 +7,18 @@ prefilled, then a few decode steps through `DecodeEngine.step_fn`, median step t
 
 - dtype "auto": fp32 and bf16 weights, eager (about a second on a small model). On CUDA: bf16 where supported (no
   measuring; the tensor cores decide).
-- compile "auto": the chosen dtype compiled too, and the compiled step wins when its compile time is paid back by
-  `expected_tokens` decode steps. Compiling costs tens of seconds to a minute, so it is only measured when the caller
-  expects enough tokens for it to matter (a server: yes; a one-off `slm generate`: only when the cache already
-  holds the measurement or the request is long).
+- compile "auto": the chosen dtype compiled too, in both of the engine's modes (`True`: frozen oneDNN weights; and
+  "autotune": inductor's C++ GEMM templates, autotuned per shape), and a compiled step wins when its compile time is
+  paid back by `expected_tokens` decode steps. Which mode is faster depends on the CPU: on an AMX CPU the templates
+  doubled the reference model's decode; on this Zen 4 (AVX512-BF16, no AMX) they were slower than plain oneDNN at
+  1 and 2 threads and took twice the compile time. Compiling costs tens of seconds to a few minutes, so it is only
+  measured when the caller expects enough tokens for it to matter (a server: yes; a one-off `slm generate`: only when
+  the cache already holds the measurement or the request is long). compile "true" takes the faster measured mode
+  when both are cached, else `True`.
 - Cached per machine + model shape + batch + torch version in `<SLM_CACHE>/decode_calibration.json`; the choice is
-  printed with its timings.
+  printed with its timings. Timings taken while the machine was busy (the 1-minute load average at or above the
+  cores torch uses, i.e. another process competed for them) can be several times too slow and would decide every
+  later run, so such an entry is measured again by the first call that finds the machine quieter.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,14 +43,18 @@ MEASURE_COMPILE_MIN_TOKENS = 20_000  # below this many expected tokens, compilin
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+COMPILE_MODES = {"compile": True, "autotune": "autotune"}  # candidate suffix -> DecodeEngine's `compile`
+
+
 @dataclass
 class DecodeChoice:
     dtype: str  # fp32 | bf16
-    compile: bool
+    compile: bool | str  # DecodeEngine's `compile`: False, True or "autotune"
     summary: str  # what was measured (or why nothing was)
 
 
-def time_decode(model: CausalLM, compile: bool, batch: int, prompt_len: int = 16, steps: int = 8) -> tuple[float, float]:
+def time_decode(model: CausalLM, compile: bool | str, batch: int, prompt_len: int = 16, steps: int = 8
+                ) -> tuple[float, float]:
     """(median seconds per decode step, set-up seconds beyond one step: compilation) of `model` at `batch` rows."""
     from .engine import DecodeEngine
 
@@ -80,6 +91,26 @@ def _key(model: CausalLM, batch: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available: treat the machine as quiet
+        return 0.0
+
+
+def _busy(load: float) -> bool:
+    """Whether a 1-minute load average means other processes competed for the cores torch computes on."""
+    return load >= torch.get_num_threads()
+
+
+def _cached_entry(key: str) -> dict:
+    """The cache entry of `key`, or {} when there is none or it was measured on a busy machine that is quieter now."""
+    entry = read_machine_cache(CACHE_FILE).get(key, {})
+    if entry and _busy(float(entry.get("load", 0.0))) and not _busy(_load()):
+        return {}
+    return entry
+
+
 def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto", batch: int = 1,
                   expected_tokens: int = 0, log: Callable[[str], None] | None = None) -> tuple[CausalLM, DecodeChoice]:
     """(the model in the chosen dtype — `model` itself when fp32 is chosen —, the choice). `dtype`: auto | fp32 |
@@ -94,15 +125,17 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
         return _cast(model, chosen), DecodeChoice(chosen, compile != "false", "CUDA rule (not measured)")
     dtypes = list(DTYPES) if dtype == "auto" else [dtype]
     key = _key(model, batch)
-    cached = read_machine_cache(CACHE_FILE).get(key, {})
+    cached = _cached_entry(key)
     step_s: dict[str, float] = dict(cached.get("step_s", {}))
     setup_s: dict[str, float] = dict(cached.get("setup_s", {}))
     models = {"fp32": model}
+    load = _load()
 
     def candidate(name: str) -> CausalLM:
-        if name.split("+")[0] not in models:
-            models[name.split("+")[0]] = _cast(model, name.split("+")[0])
-        return models[name.split("+")[0]]
+        base = name.split("+")[0]
+        if base not in models:
+            models[base] = _cast(model, base)
+        return models[base]
 
     measured = False
     if len(dtypes) > 1 or compile != "false":
@@ -111,26 +144,33 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
                 step_s[name], setup_s[name] = time_decode(candidate(name), False, batch)
                 measured = True
     best = min(dtypes, key=lambda n: step_s.get(n, 0.0))
-    use_compile = compile == "true"
+    modes = [f"{best}+{m}" for m in COMPILE_MODES]
+    mode: str | None = None  # the chosen compiled candidate, None = eager
     if compile == "auto":
-        c = f"{best}+compile"
-        if c not in step_s and expected_tokens >= MEASURE_COMPILE_MIN_TOKENS:
-            if log:
-                log(f"timing the compiled decode step ({best}); cached for this machine and model after this")
-            step_s[c], setup_s[c] = time_decode(candidate(best), True, batch)
-            measured = True
-        if c in step_s:
-            n = expected_tokens
-            use_compile = setup_s[c] + n * step_s[c] < n * step_s[best]
+        if expected_tokens >= MEASURE_COMPILE_MIN_TOKENS:
+            for c in modes:
+                if c not in step_s:
+                    if log:
+                        log(f"timing the compiled decode step ({c}); cached for this machine and model after this")
+                    step_s[c], setup_s[c] = time_decode(candidate(best), COMPILE_MODES[c.split("+")[1]], batch)
+                    measured = True
+        n = expected_tokens
+        cost = {c: setup_s[c] + n * step_s[c] for c in modes if c in step_s}
+        if cost and min(cost.values()) < n * step_s[best]:
+            mode = min(cost, key=cost.__getitem__)
+    elif compile == "true":
+        timed = [c for c in modes if c in step_s]
+        mode = min(timed, key=step_s.__getitem__) if len(timed) == len(modes) else modes[0]
     if measured:
-        write_machine_cache(CACHE_FILE, key, {"step_s": step_s, "setup_s": setup_s, "when": time.time()})
+        write_machine_cache(CACHE_FILE, key, {"step_s": step_s, "setup_s": setup_s, "when": time.time(),
+                                              "load": load})
     rates = ", ".join(f"{n} {batch / s:,.0f} tok/s" for n, s in step_s.items())
     source = "measured" if measured else "cached"
-    summary = f"{best}{'+compile' if use_compile else ''} ({source}: {rates})" if step_s else "not measured"
+    summary = f"{mode or best} ({source}: {rates})" if step_s else "not measured"
     if log and step_s:
         log(f"decode weights/compile auto -> {summary}")
     chosen = candidate(best) if len(dtypes) > 1 or dtype != "fp32" else model
-    return chosen, DecodeChoice(best, use_compile, summary)
+    return chosen, DecodeChoice(best, COMPILE_MODES[mode.split("+")[1]] if mode else False, summary)
 
 
 def _cast(model: CausalLM, dtype: str) -> CausalLM:

@@ -27,13 +27,15 @@ Decisions:
   static shapes (the whole cache buffer, masked by `valid`) and reads no host value. `compile=True` hands that step to
   `torch.compile` once per model and (batch, cache length) — the cache length is then rounded up to a multiple of
   `_COMPILE_BUCKET` so nearby requests share one compiled graph — with inductor's `freezing`: weights become
-  constants of the graph and are prepacked, which is what makes bf16 decode pay on CPU (unfrozen, bf16
-  matrix-vector products are no faster than fp32 here; see bench/decode.py). On CPU the step also gets inductor's
-  C++ GEMM templates (`max_autotune` with the CPP backend: matrix-vector kernels generated for the exact shapes,
-  with the residual adds and SwiGLU fused into them, each autotuned against oneDNN) and its C++ wrapper (no Python
-  between kernels). Measured by `bench/decode.py`'s reference model at batch 1: 516 tok/s frozen oneDNN only, 922
-  with the templates, 995 with the C++ wrapper too; SmolLM2-135M 56 -> 77 tok/s. Both cost compile time (SmolLM2:
-  about 70 s instead of 33 s), paid once per model and shape. Frozen weights go stale when the model
+  constants of the graph and are prepacked for oneDNN, which is what makes bf16 decode pay on CPU (unfrozen, bf16
+  matrix-vector products are no faster than fp32 here; see bench/decode.py). On CPU the step also gets q/k/v and
+  gate/up each as one matrix-vector product (`cpp.enable_concat_linear`) and inductor's C++ wrapper (no Python
+  between kernels: the reference model of bench/decode.py spends a third of its compiled step there). `compile=
+  "autotune"` adds inductor's C++ GEMM templates (`max_autotune` with the CPP backend: kernels generated for the
+  exact shapes with the residual adds and SwiGLU fused in, each autotuned against oneDNN). Which mode wins depends
+  on the CPU, so `slm.generate.calibrate` measures both: on an AMX CPU the templates took the reference model from
+  516 to 995 tok/s at batch 1; on a Zen 4 (AVX512-BF16, no AMX) they were slower than oneDNN (SmolLM2-135M, 2
+  threads: 18.2 vs 14.1 ms per step, with 150 s of compiling instead of 70). Frozen weights go stale when the model
   changes, so a call after any in-place update of a parameter (an optimizer step, `load_state_dict`) resets
   dynamo's caches and compiles again. Compiling costs tens of seconds up front and pays back over long or repeated
   generations (a server, a benchmark), so it is opt-in. The one host read per step
@@ -53,6 +55,7 @@ from ..errors import SlmError
 from ..models import CausalLM, DecodeState
 from .sampling import sample_next, seen_mask
 
+Compile = bool | str  # the decode step: False eager, True compiled (frozen oneDNN weights), "autotune" (+ GEMM templates)
 OnToken = Callable[[int, int], None]  # (row, token): row indexes the expanded batch (prompt i, sample j -> i*n + j)
 StepFn = Callable[[torch.Tensor, DecodeState, torch.Tensor], torch.Tensor]  # (ids (B, 1), state, mask (B, 1)) -> logits
 
@@ -95,39 +98,46 @@ def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-def _inductor_options(device: torch.device) -> dict:
-    """Inductor settings of the compiled decode step (see the module docstring)."""
-    options = {"freezing": True}
+def _inductor_options(device: torch.device, compile: Compile) -> dict:
+    """Inductor settings of the compiled decode step in mode `compile` (see the module docstring)."""
+    options: dict = {"freezing": True}
     if device.type == "cpu":
-        options.update({
-            "cpp.enable_concat_linear": True,  # q/k/v and gate/up as one matrix-vector product each
-            "max_autotune": True,
-            "max_autotune_gemm_backends": "CPP,ATEN",
-            "cpp_wrapper": True,
-            "autotune_num_choices_displayed": 0,  # autotuning is an implementation detail: no tables on stderr
-            "max_autotune_report_choices_stats": False,
-        })
+        options.update({"cpp.enable_concat_linear": True, "cpp_wrapper": True})
+        if compile == "autotune":
+            options.update({
+                "max_autotune": True,
+                "max_autotune_gemm_backends": "CPP,ATEN",
+                "autotune_num_choices_displayed": 0,  # autotuning is an implementation detail: no tables on stderr
+                "max_autotune_report_choices_stats": False,
+            })
     return options
 
 
-def _cache_len(needed: int, max_seq_len: int, compile: bool) -> int:
+def _check_compile(compile: Compile) -> Compile:
+    if compile not in (False, True, "autotune"):
+        raise ValueError(f"compile={compile!r}: use False, True or 'autotune'")
+    return compile
+
+
+def _cache_len(needed: int, max_seq_len: int, compile: Compile) -> int:
     if not compile:
         return needed
     return min(-(-needed // _COMPILE_BUCKET) * _COMPILE_BUCKET, max_seq_len)
 
 
 class DecodeEngine:
-    """A model's decode step and a pool of its decode states. `compile=True` runs the step through torch.compile
-    (same tokens; see the module docstring). Get the shared engine of a model with `DecodeEngine.of(model)`."""
+    """A model's decode step and a pool of its decode states. `compile=True` (or "autotune") runs the step through
+    torch.compile (same tokens; see the module docstring). Get the shared engine of a model with
+    `DecodeEngine.of(model)`."""
 
-    def __init__(self, model: CausalLM, *, compile: bool = False) -> None:
+    def __init__(self, model: CausalLM, *, compile: Compile = False) -> None:
         self.model = model
-        self.compile = compile
+        self.compile = _check_compile(compile)
         self._compiled: tuple[tuple, Callable] | None = None  # (weights version, compiled forward_step)
         self._pool: dict[tuple, DecodeState] = {}
 
     @classmethod
-    def of(cls, model: CausalLM, *, compile: bool = False) -> DecodeEngine:
+    def of(cls, model: CausalLM, *, compile: Compile = False) -> DecodeEngine:
         """The engine kept on `model` for this compile setting (built on first use)."""
         engines = model.__dict__.setdefault("_slm_engines", {})
         if compile not in engines:
@@ -172,21 +182,21 @@ class DecodeEngine:
                 torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
             self._compiled = (weights, torch.compile(model.forward_step, dynamic=False))
         compiled = self._compiled[1]
-        options = _inductor_options(_param(model).device)
+        options = _inductor_options(_param(model).device, self.compile)
         checked = [False]  # this generation's first step has run with dynamo's full guard check
 
         def step(ids: torch.Tensor, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
             state.advance(1)
-            # Read when (re)compiling, which happens inside the call.
-            with inductor_config.patch(options):
-                if not checked[0]:
-                    checked[0] = True
+            if not checked[0]:
+                checked[0] = True
+                with inductor_config.patch(options):  # read when (re)compiling, which happens inside the call
                     return compiled(ids, state, mask)
-                # Later steps of one generation pass the same state tensors and same-shaped ids/mask under the same
-                # weights, so the guards that picked the graph at step one hold; skipping their evaluation saves a
-                # check over every parameter and state tensor per token (about as long as the step of a small model).
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return compiled(ids, state, mask)
+            # Later steps of one generation pass the same state tensors and same-shaped ids/mask under the same
+            # weights, so the guards that picked the graph at step one hold (and nothing compiles: no options to
+            # patch); skipping their evaluation saves a check over every parameter and state tensor per token
+            # (about as long as the step of a small model).
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return compiled(ids, state, mask)
 
         return step
 
@@ -230,7 +240,7 @@ class DecodeEngine:
 
 
 def generate(model: CausalLM, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
-             on_token: OnToken | None = None, compile: bool = False) -> list[list[int]]:
+             on_token: OnToken | None = None, compile: Compile = False) -> list[list[int]]:
     """`DecodeEngine.of(model, compile=compile).generate(...)`: the model's shared engine (compiled step and state
     pool are reused by later calls)."""
     return DecodeEngine.of(model, compile=compile).generate(prompts, cfg, eos_id=eos_id, on_token=on_token)
@@ -257,7 +267,8 @@ def _decode_loop(step_fn: StepFn, state: DecodeState, logits: torch.Tensor, seen
         if all(done) or step == n_new - 1:
             break
         finished = torch.tensor(done, device=logits.device)  # (B,)
-        seen[rows, token] = True
+        if cfg.repetition_penalty != 1.0:  # the only reader of `seen`
+            seen[rows, token] = True
         # Finished rows are fed as padding: masked out of attention, and their logits are never read.
         logits = step_fn(token[:, None], state, ~finished[:, None])[:, -1]  # (B, V)
     return out

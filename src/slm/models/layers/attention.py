@@ -24,7 +24,8 @@ kernel ran 1.4x slower.
 
 `step_attention` is the decode step's one-query attention on CPU: the flash kernel spends ~140 us per call on one
 query over a 128-slot cache (SmolLM2-135M, 1 thread: 4 ms of a 23 ms step); two small batched GEMMs and an fp32
-masked softmax cost a third of that eager and fuse under inductor.
+masked softmax cost a third of that eager, and under inductor the products become reductions fused with the softmax
+(see its docstring).
 """
 
 from __future__ import annotations
@@ -111,13 +112,30 @@ def window_bias(n: int, window: int, device: torch.device | str | None = None) -
     return torch.zeros(n, n, device=device).masked_fill_((dist < 0) | (dist >= window), float("-inf"))
 
 
-def step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
+                   fused: bool | None = None) -> torch.Tensor:
     """Attention of ONE query per row: q (B, H, 1, D) over k, v (B, Hk, T, D), `mask` (B, 1, 1, T) bool (True =
-    attend) -> (B, H, 1, D). The rep = H // Hk query heads of a K/V head are stacked as rows of one GEMM."""
+    attend) -> (B, H, 1, D). The rep = H // Hk query heads of a K/V head are stacked as rows of one GEMM.
+
+    `fused` (default: while dynamo traces) writes both products as broadcast multiply + sum instead of batched GEMMs:
+    the same sums in fp32 with the same bf16 roundings, which inductor turns into reductions fused with the scaling,
+    the mask and the softmax, where each GEMM was an oneDNN call of ~30 us for a few KB of work (2 of 14 ms of a
+    compiled SmolLM2-135M step). Eager, the GEMMs are faster (no (.., T, D) product is materialised)."""
     B, H, _, D = q.shape
     Hk = k.shape[1]
+    acc = _acc(q)
+    if fused is None:
+        fused = torch.compiler.is_compiling()
     qg = q.reshape(B, Hk, H // Hk, D)  # (B, Hk, rep, D)
-    scores = (qg @ k.transpose(-1, -2)).to(_acc(q)) * (1.0 / math.sqrt(D))  # (B, Hk, rep, T)
+    if fused:
+        scores = (qg[:, :, :, None].to(acc) * k[:, :, None].to(acc)).sum(-1).to(q.dtype)  # (B, Hk, rep, T)
+    else:
+        scores = qg @ k.transpose(-1, -2)
+    scores = scores.to(acc) * (1.0 / math.sqrt(D))
     scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
     p = torch.softmax(scores, dim=-1).to(v.dtype)
-    return (p @ v).reshape(B, H, 1, D)
+    if fused:
+        y = (p[..., None].to(acc) * v[:, :, None].to(acc)).sum(-2).to(v.dtype)  # (B, Hk, rep, D)
+    else:
+        y = p @ v
+    return y.reshape(B, H, 1, D)
