@@ -84,6 +84,8 @@ def test_explicit_settings_are_not_timed(model, fake):
     assert chosen is model and (choice.dtype, choice.compile) == ("fp32", False) and fake == []
     _, forced = cal.choose_decode(model, dtype="fp32", compile="true")
     assert forced.compile is True and fake == [("fp32", False)]  # nothing compiled was timed: the plain mode
+    _, autotune = cal.choose_decode(model, dtype="fp32", compile="autotune")
+    assert autotune.compile == "autotune" and fake == [("fp32", False)]
 
 
 @pytest.mark.parametrize("bad", [{"dtype": "fp16"}, {"compile": "yes"}])

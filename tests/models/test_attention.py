@@ -28,6 +28,23 @@ def test_step_attention_matches_sdpa_with_a_mask(H, Hk, fused):
     torch.testing.assert_close(step_attention(q, k, v, mask, fused=fused), want)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_step_attention_with_a_key_bias_and_a_mask_per_kv_head(fused):
+    """Doge's decode step: an additive per-key bias (B, Hk, S) and a selection per K/V head (B, Hk, 1, S)."""
+    B, H, Hk, S = 2, 6, 2, 10
+    q, k, v = (t.detach() for t in _qkv(B, H, Hk, S, 8))
+    q = q[:, :, :1]
+    g = torch.Generator().manual_seed(3)
+    bias = torch.randn(B, Hk, S, generator=g, dtype=q.dtype)
+    mask = torch.rand(B, Hk, 1, S, generator=g) < 0.5
+    mask[..., 0] = True
+    rep = H // Hk
+    float_mask = (bias[:, :, None] + torch.zeros_like(bias[:, :, None]).masked_fill(~mask, float("-inf")))
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                          attn_mask=float_mask.repeat_interleave(rep, 1))
+    torch.testing.assert_close(step_attention(q, k, v, mask, bias=bias, fused=fused), want)
+
+
 def test_step_attention_fused_form_equals_the_gemm_form_in_bf16():
     """The compiled decode step's broadcast-and-sum form rounds where the GEMM form does: same bf16 outputs up to the
     order of fp32 summation."""

@@ -38,9 +38,10 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="decode weights; auto: the "
                    "faster on this machine, timed once and cached (slm.generate.calibrate)")
-    p.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
+    p.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false", "autotune"],
                    help="compile the decode step: tens of seconds (a minute for 135M) up front, then about 2-3x the "
-                   "tokens/s on CPU; auto: when its measured compile time pays back over this request")
+                   "tokens/s on CPU; auto: when its measured compile time pays back over this request; autotune: "
+                   "also inductor's autotuned C++ GEMM templates (faster on some CPUs, e.g. with AMX)")
 
 
 def _read_prompts(path: str) -> list[str]:

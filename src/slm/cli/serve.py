@@ -57,7 +57,8 @@ def add_serve(sub: Any) -> None:
                    "max_tokens")
     p.add_argument("--context", type=int, default=d.context, help="tokens per request, prompt + reply (0 = the "
                    "model's max_seq_len)")
-    p.add_argument("--compile", nargs="?", const="true", default=d.compile, choices=["auto", "true", "false"],
+    p.add_argument("--compile", nargs="?", const="true", default=d.compile,
+                   choices=["auto", "true", "false", "autotune"],
                    help="torch.compile the decode step (slow start, faster steps); auto: when it pays on this machine "
                    "(timed once per model and machine, cached)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "bf16"], help="decode weights; auto: the "

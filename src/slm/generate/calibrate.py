@@ -114,11 +114,11 @@ def _cached_entry(key: str) -> dict:
 def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto", batch: int = 1,
                   expected_tokens: int = 0, log: Callable[[str], None] | None = None) -> tuple[CausalLM, DecodeChoice]:
     """(the model in the chosen dtype — `model` itself when fp32 is chosen —, the choice). `dtype`: auto | fp32 |
-    bf16; `compile`: auto | true | false; `expected_tokens`: decode steps the caller expects to run (for compile)."""
+    bf16; `compile`: auto | true | false | autotune; `expected_tokens`: decode steps the caller expects to run (for compile)."""
     if dtype not in ("auto", *DTYPES):
         raise SlmError(f"--dtype {dtype}: choose auto, fp32 or bf16")
-    if compile not in ("auto", "true", "false"):
-        raise SlmError(f"--compile {compile}: choose auto, true or false")
+    if compile not in ("auto", "true", "false", "autotune"):
+        raise SlmError(f"--compile {compile}: choose auto, true, false or autotune")
     device = next(model.parameters()).device
     if device.type != "cpu":
         chosen = dtype if dtype != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
@@ -161,6 +161,8 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
     elif compile == "true":
         timed = [c for c in modes if c in step_s]
         mode = min(timed, key=step_s.__getitem__) if len(timed) == len(modes) else modes[0]
+    elif compile == "autotune":
+        mode = f"{best}+autotune"
     if measured:
         write_machine_cache(CACHE_FILE, key, {"step_s": step_s, "setup_s": setup_s, "when": time.time(),
                                               "load": load})

@@ -32,7 +32,7 @@ class ServeOptions:
     max_queue: int = 256  # sequences that may wait for a row; beyond it requests get 429 + Retry-After
     max_tokens: int = 256  # new tokens of a reply that does not ask for max_tokens (cut to fit the context)
     context: int = 0  # tokens per row (prompt + reply); 0 = the model's max_seq_len
-    # torch.compile the decode step (slow start, faster steps; see slm.generate.engine): auto | true | false;
+    # torch.compile the decode step (slow start, faster steps; see slm.generate.engine): auto | true | false | autotune;
     # auto: when its measured compile time pays back over a server's life (timed once per machine and model, cached)
     compile: str | bool = "auto"
     dtype: str = "auto"  # decode weights: auto (the faster on this machine, timed once and cached) | fp32 | bf16

@@ -20,6 +20,9 @@ Decisions:
   only when S > keep_window_size. The decode step scores its one query against the whole cache buffer (static shape);
   dt is recomputed from the cached values each step (a (Hkv*D -> Hkv) projection per key), so the decode state is
   slm's plain `KVCache` with no extra tensors.
+- The decode step on CPU (one query) takes `slm.models.layers.attention.step_attention` with dt as its additive key
+  bias and the per-kv-head selection as its mask, like Llama's step (SDPA's flash kernel is mostly per-call overhead
+  for one query).
 - Queries and keys get a per-head RMSNorm before RoPE (as transformers' DogeAttention does), same eps as the blocks.
 """
 
@@ -31,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.attention import dense_causal_attention, use_dense
+from ..layers.attention import dense_causal_attention, step_attention, use_dense
 from ..layers.kv_cache import KVCache
 from ..layers.norm import RMSNorm
 from ..layers.rope import apply_rope
@@ -96,12 +99,15 @@ class DynamicMaskAttention(nn.Module):
         S = k.shape[2]
         # The dynamic mask selects keys (a per-kv-head boolean mask) once S > window. While exporting, S is symbolic
         # and cannot be branched on: a state's mask always goes through the selection, a no-op when S <= window.
-        if (mask is not None and torch.compiler.is_exporting()) or S > self.window:
+        select = (mask is not None and torch.compiler.is_exporting()) or S > self.window
+        if select:
             if mask is None:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)[None, None]
             mask = keep_top_keys(dt, mask, self.window)  # (B, Hk, T, S)
-            if self.n_kv_heads != self.n_heads:
-                mask = mask.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, T, S)
+        if step and q.device.type == "cpu":  # one query: SDPA's flash kernel is mostly overhead (as for Llama)
+            return self.o_proj(step_attention(q, k, v, mask, bias=dt).transpose(1, 2).reshape(B, T, -1))
+        if select and self.n_kv_heads != self.n_heads:
+            mask = mask.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, T, S)
         y = _attend_with_key_bias(q, k, v, dt, mask, dense_bias if cache is None else None)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 

@@ -113,26 +113,30 @@ def window_bias(n: int, window: int, device: torch.device | str | None = None) -
 
 
 def step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
-                   fused: bool | None = None) -> torch.Tensor:
-    """Attention of ONE query per row: q (B, H, 1, D) over k, v (B, Hk, T, D), `mask` (B, 1, 1, T) bool (True =
-    attend) -> (B, H, 1, D). The rep = H // Hk query heads of a K/V head are stacked as rows of one GEMM.
+                   bias: torch.Tensor | None = None, fused: bool | None = None) -> torch.Tensor:
+    """Attention of ONE query per row: q (B, H, 1, D) over k, v (B, Hk, S, D), `mask` (B, 1, 1, S) or per K/V head
+    (B, Hk, 1, S) bool (True = attend) -> (B, H, 1, D); `bias` (B, Hk, S) is added to the scaled logits (Doge's
+    per-key bias). The rep = H // Hk query heads of a K/V head are stacked as rows of one GEMM.
 
-    `fused` (default: while dynamo traces) writes both products as broadcast multiply + sum instead of batched GEMMs:
-    the same sums in fp32 with the same bf16 roundings, which inductor turns into reductions fused with the scaling,
-    the mask and the softmax, where each GEMM was an oneDNN call of ~30 us for a few KB of work (2 of 14 ms of a
-    compiled SmolLM2-135M step). Eager, the GEMMs are faster (no (.., T, D) product is materialised)."""
+    `fused` (default: while dynamo compiles, not while it exports) writes both products as broadcast multiply + sum
+    instead of batched GEMMs: the same sums in fp32 with the same bf16 roundings, which inductor turns into
+    reductions fused with the scaling, the mask and the softmax, where each GEMM was an oneDNN call of ~30 us for a
+    few KB of work (2 of 14 ms of a compiled SmolLM2-135M step). Eager (and in an exported graph), the GEMMs are
+    faster: no (.., S, D) product is materialised."""
     B, H, _, D = q.shape
-    Hk = k.shape[1]
+    Hk, S = k.shape[1], k.shape[2]
     acc = _acc(q)
     if fused is None:
-        fused = torch.compiler.is_compiling()
+        fused = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
     qg = q.reshape(B, Hk, H // Hk, D)  # (B, Hk, rep, D)
     if fused:
-        scores = (qg[:, :, :, None].to(acc) * k[:, :, None].to(acc)).sum(-1).to(q.dtype)  # (B, Hk, rep, T)
+        scores = (qg[:, :, :, None].to(acc) * k[:, :, None].to(acc)).sum(-1).to(q.dtype)  # (B, Hk, rep, S)
     else:
         scores = qg @ k.transpose(-1, -2)
     scores = scores.to(acc) * (1.0 / math.sqrt(D))
-    scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
+    if bias is not None:
+        scores = scores + bias[:, :, None].to(acc)
+    scores = scores.masked_fill(~mask.reshape(B, -1, 1, S), float("-inf"))
     p = torch.softmax(scores, dim=-1).to(v.dtype)
     if fused:
         y = (p[..., None].to(acc) * v[:, :, None].to(acc)).sum(-2).to(v.dtype)  # (B, Hk, rep, D)
