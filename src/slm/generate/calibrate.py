@@ -85,9 +85,14 @@ def time_decode(model: CausalLM, compile: bool | str, batch: int, prompt_len: in
 
 
 def _key(model: CausalLM, batch: int) -> str:
+    from .engine import inductor_options
+
+    device = next(model.parameters()).device
     fields = {"machine": cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              # what a compiled candidate means: a change of the engine's settings invalidates its timings
+              "modes": {m: inductor_options(device, c) for m, c in COMPILE_MODES.items()},
               "model": {k: v for k, v in sorted(vars(model.cfg).items()) if isinstance(v, (int, float, str, bool))},
-              "batch": batch, "device": next(model.parameters()).device.type}
+              "batch": batch, "device": device.type}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -114,7 +119,8 @@ def _cached_entry(key: str) -> dict:
 def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto", batch: int = 1,
                   expected_tokens: int = 0, log: Callable[[str], None] | None = None) -> tuple[CausalLM, DecodeChoice]:
     """(the model in the chosen dtype — `model` itself when fp32 is chosen —, the choice). `dtype`: auto | fp32 |
-    bf16; `compile`: auto | true | false | autotune; `expected_tokens`: decode steps the caller expects to run (for compile)."""
+    bf16; `compile`: auto | true | false | autotune; `expected_tokens`: decode steps the caller expects to run
+    (for compile)."""
     if dtype not in ("auto", *DTYPES):
         raise SlmError(f"--dtype {dtype}: choose auto, fp32 or bf16")
     if compile not in ("auto", "true", "false", "autotune"):

@@ -98,7 +98,7 @@ def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-def _inductor_options(device: torch.device, compile: Compile) -> dict:
+def inductor_options(device: torch.device, compile: Compile) -> dict:
     """Inductor settings of the compiled decode step in mode `compile` (see the module docstring)."""
     options: dict = {"freezing": True}
     if device.type == "cpu":
@@ -182,7 +182,7 @@ class DecodeEngine:
                 torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
             self._compiled = (weights, torch.compile(model.forward_step, dynamic=False))
         compiled = self._compiled[1]
-        options = _inductor_options(_param(model).device, self.compile)
+        options = inductor_options(_param(model).device, self.compile)
         checked = [False]  # this generation's first step has run with dynamo's full guard check
 
         def step(ids: torch.Tensor, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
