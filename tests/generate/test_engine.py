@@ -232,3 +232,23 @@ def test_repl_exits_cleanly_on_immediate_eof(model):
     out = Capture()
     run_repl(model, ByteTokenizer(), SamplingConfig(), input_fn=Script([]), print_fn=out)
     assert len(out.calls) == 2  # banner, then the newline after Ctrl-D
+
+
+@pytest.mark.slow  # compiles the decode step twice
+def test_each_compiled_mode_compiles_its_own_graph():
+    """Dynamo keeps compiled graphs on forward_step's code object: the "autotune" engine of a model that already has
+    a compiled True engine must compile its own graph, not replay the other mode's (the calibration times both)."""
+    from torch._dynamo.utils import counters
+
+    from slm.generate.engine import DecodeEngine
+
+    torch._dynamo.reset()
+    m = build_model(preset_config("test", vocab_size=320))
+    m.reset_parameters(seed=0)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=3)
+    graphs = []
+    for mode in (True, "autotune", True):
+        DecodeEngine(m, compile=mode).generate([[1, 2, 3]], cfg, eos_id=None)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0] + 1  # autotune compiled a graph of its own
+    assert graphs[2] == graphs[1]  # a second True engine replays the first one's graph

@@ -174,27 +174,26 @@ class DecodeEngine:
         model = self.model
         if not self.compile:
             return lambda ids, state, mask: model(ids, state=state, attention_mask=mask)
-        import torch._inductor.config as inductor_config
-
         weights = tuple((id(p), p._version) for p in model.parameters())  # changes on any in-place update or swap
         if self._compiled is None or self._compiled[0] != weights:
             if self._compiled is not None:
                 torch._dynamo.reset()  # the frozen weights in the cached graphs are stale
-            self._compiled = (weights, torch.compile(model.forward_step, dynamic=False))
+            # The settings go in as torch.compile's options, not as a config patch: dynamo keeps compiled graphs on
+            # the function's code object, and a backend with other options is what keeps the two modes' graphs of
+            # one model apart (under a patched config, the second mode silently reused the first one's graph).
+            options = inductor_options(_param(model).device, self.compile)
+            self._compiled = (weights, torch.compile(model.forward_step, dynamic=False, options=options))
         compiled = self._compiled[1]
-        options = inductor_options(_param(model).device, self.compile)
         checked = [False]  # this generation's first step has run with dynamo's full guard check
 
         def step(ids: torch.Tensor, state: DecodeState, mask: torch.Tensor) -> torch.Tensor:
             state.advance(1)
             if not checked[0]:
                 checked[0] = True
-                with inductor_config.patch(options):  # read when (re)compiling, which happens inside the call
-                    return compiled(ids, state, mask)
+                return compiled(ids, state, mask)
             # Later steps of one generation pass the same state tensors and same-shaped ids/mask under the same
-            # weights, so the guards that picked the graph at step one hold (and nothing compiles: no options to
-            # patch); skipping their evaluation saves a check over every parameter and state tensor per token
-            # (about as long as the step of a small model).
+            # weights, so the guards that picked the graph at step one hold; skipping their evaluation saves a check
+            # over every parameter and state tensor per token (about as long as the step of a small model).
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return compiled(ids, state, mask)
 
