@@ -108,10 +108,11 @@ def _busy(load: float) -> bool:
     return load >= torch.get_num_threads()
 
 
-def _cached_entry(key: str) -> dict:
-    """The cache entry of `key`, or {} when there is none or it was measured on a busy machine that is quieter now."""
+def _cached_entry(key: str, load: float) -> dict:
+    """The cache entry of `key`, or {} when there is none or it was measured on a busy machine that is quieter now
+    (`load`: the current 1-minute load average)."""
     entry = read_machine_cache(CACHE_FILE).get(key, {})
-    if entry and _busy(float(entry.get("load", 0.0))) and not _busy(_load()):
+    if entry and _busy(float(entry.get("load", 0.0))) and not _busy(load):
         return {}
     return entry
 
@@ -131,11 +132,11 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
         return _cast(model, chosen), DecodeChoice(chosen, compile != "false", "CUDA rule (not measured)")
     dtypes = list(DTYPES) if dtype == "auto" else [dtype]
     key = _key(model, batch)
-    cached = _cached_entry(key)
+    load = _load()
+    cached = _cached_entry(key, load)
     step_s: dict[str, float] = dict(cached.get("step_s", {}))
     setup_s: dict[str, float] = dict(cached.get("setup_s", {}))
     models = {"fp32": model}
-    load = _load()
 
     def candidate(name: str) -> CausalLM:
         base = name.split("+")[0]
@@ -150,7 +151,7 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
                 step_s[name], setup_s[name] = time_decode(candidate(name), False, batch)
                 measured = True
     best = min(dtypes, key=lambda n: step_s.get(n, 0.0))
-    modes = [f"{best}+{m}" for m in COMPILE_MODES]
+    modes = {f"{best}+{m}": flag for m, flag in COMPILE_MODES.items()}  # candidate name -> DecodeEngine's compile
     mode: str | None = None  # the chosen compiled candidate, None = eager
     if compile == "auto":
         if expected_tokens >= MEASURE_COMPILE_MIN_TOKENS:
@@ -158,7 +159,7 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
                 if c not in step_s:
                     if log:
                         log(f"timing the compiled decode step ({c}); cached for this machine and model after this")
-                    step_s[c], setup_s[c] = time_decode(candidate(best), COMPILE_MODES[c.split("+")[1]], batch)
+                    step_s[c], setup_s[c] = time_decode(candidate(best), modes[c], batch)
                     measured = True
         n = expected_tokens
         cost = {c: setup_s[c] + n * step_s[c] for c in modes if c in step_s}
@@ -166,7 +167,7 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
             mode = min(cost, key=cost.__getitem__)
     elif compile == "true":
         timed = [c for c in modes if c in step_s]
-        mode = min(timed, key=step_s.__getitem__) if len(timed) == len(modes) else modes[0]
+        mode = min(timed, key=step_s.__getitem__) if len(timed) == len(modes) else f"{best}+compile"
     elif compile == "autotune":
         mode = f"{best}+autotune"
     if measured:
@@ -178,7 +179,7 @@ def choose_decode(model: CausalLM, *, dtype: str = "auto", compile: str = "auto"
     if log and step_s:
         log(f"decode weights/compile auto -> {summary}")
     chosen = candidate(best) if len(dtypes) > 1 or dtype != "fp32" else model
-    return chosen, DecodeChoice(best, COMPILE_MODES[mode.split("+")[1]] if mode else False, summary)
+    return chosen, DecodeChoice(best, modes[mode] if mode else False, summary)
 
 
 def _cast(model: CausalLM, dtype: str) -> CausalLM:
