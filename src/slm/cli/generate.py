@@ -82,8 +82,6 @@ def run_generate(args: argparse.Namespace) -> int:
              legacy="legacy_output_file", required=False)
     if args.out and Path(args.out).is_dir():  # before the model loads (atomic_path checks again when writing)
         raise SlmError(f"--out {args.out}: is a directory; pass a file path")
-    if args.out and Path(args.out).is_dir():  # checked before the model loads and the decode is timed
-        raise SlmError(f"--out {args.out}: is a directory; give the path of a .jsonl file to write")
     cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                          num_samples=args.num_samples, seed=args.seed)
