@@ -279,3 +279,9 @@ def test_a_killed_rank_fails_the_job_and_the_last_checkpoint_loads(tmp_path, pre
     last = ckpt.list_checkpoints(run)[-1]
     model, _ = ckpt.load_model(last)
     assert model.num_parameters() > 0
+
+
+@pytest.mark.slow
+def test_compiled_blocks_under_fsdp_match_eager(runs, prepared):
+    compiled = launch(prepared, runs["root"] / "two-compiled", 2, **BASE, batch_size=2, compile="true", eval_every=4)
+    assert_close(compiled, runs["two"], 1e-4)

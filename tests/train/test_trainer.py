@@ -192,10 +192,37 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, prepared):
+    from torch._dynamo.utils import counters
+
     eager = train_losses(run_tiny(tiny_config(tmp_path / "e", prepared, steps=3), prepared))
+    torch._dynamo.reset()
+    counters.clear()
     compiled = train_losses(run_tiny(tiny_config(tmp_path / "c", prepared, steps=3, compile=True), prepared))
     for s in eager:
         assert compiled[s] == pytest.approx(eager[s], abs=1e-4)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    # evaluating and sampling (KV-cache decode) between steps run the blocks eagerly: no graph is traced for them
+    from slm.config import SamplingConfig
+    from slm.data.loader import TokenDataset
+    from slm.generate.engine import generate
+    from slm.tokenizer import byte_tokenizer
+    from slm.train.pretrain import PretrainTask
+    from slm.train.trainer import train
+
+    def sample(model, step):
+        rows = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(temperature=0, max_new_tokens=4), eos_id=None)
+        return [" ".join(map(str, r)) for r in rows]
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_config(tmp_path / "v", prepared, steps=3, compile=True, eval_every=1, sample_every=1)
+    tok = byte_tokenizer()
+    result = train(cfg, PretrainTask(TokenDataset(str(prepared)), tok.token_byte_lengths(), cfg), tokenizer=tok,
+                   progress=False, sample_fn=sample)
+    kinds = [r["kind"] for r in result.history]
+    assert kinds.count("eval") == 3 and kinds.count("sample") == 3 * 2, kinds  # two prompts
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path, prepared):

@@ -40,6 +40,7 @@ from ..config import RunConfig, TrainConfig
 from ..models import CausalLM
 from ..runtime import (DistInfo, cpu_features, matmul_precision, read_machine_cache, resolve_precision,
                        slm_cache_dir, write_machine_cache)
+from .parallel import compile_for_training
 
 MIN_TOKENS = 1_000_000  # per process; below it `auto` is eager and unmeasured (short_run_precision)
 PRECISIONS = ("fp32", "bf16", "bf16-matmul")
@@ -112,14 +113,15 @@ def step_timer(model: CausalLM, tc: TrainConfig, batch_size: int, seq_len: int, 
         model.train()
         dtype, _ = resolve_precision(c.precision, device)
         opt = build_optimizer(model, tc)
-        fwd = torch.compile(model) if c.compile else model
+        fwd, compiled = compile_for_training(model) if c.compile else (model, None)  # as the trainer compiles
         params = [p for p in model.parameters() if p.requires_grad]
 
         def one_step() -> None:
-            ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with ctx:
-                summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
-            (summed / y.numel()).backward()
+            with compiled.active() if compiled is not None else contextlib.nullcontext():  # forward + backward
+                ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+                with ctx:
+                    summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
+                (summed / y.numel()).backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
