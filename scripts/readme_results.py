@@ -24,34 +24,40 @@ def cpu_label(machine: dict | None) -> str:
 
 
 def _table_rows(block: str) -> dict[str, list[str]]:
-    """Rows of the first markdown table in `block` keyed by their CPU (the old one-row table: OLD_AMX_CPU)."""
+    """Rows of the first markdown table in `block` keyed by their CPU, each with its steps first (the old one-row
+    table: OLD_AMX_CPU; tables without a steps column: the steps their intro line names)."""
     lines = [ln for ln in block.splitlines() if ln.startswith("|")]
     if len(lines) < 3:
         return {}
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    if "steps" not in header:
+        named = re.search(r"([\d,]+) steps", block)
+        steps = named.group(1) if named else "?"
+        rows = [[r[0], steps, *r[1:]] if header[0] == "CPU" else [steps, *r] for r in rows]
     if header[0] == "CPU":
         return {r[0]: r[1:] for r in rows}
     return {OLD_AMX_CPU: rows[0]}
 
 
 def render(summary: dict, previous: str = "") -> str:
-    """The Results block: one row per CPU the quickstart ran on (this run's row replaces its CPU's old one) and
-    this run's first sample."""
+    """The Results block: one row per CPU the quickstart ran on (this run's row replaces its CPU's old one; each row
+    says how many steps its run trained) and this run's first sample."""
     val, t = summary.get("val", {}), summary.get("timings", {})
     rows = _table_rows(previous)
     rows[cpu_label(summary.get("machine"))] = [
-        f"{val.get('loss', float('nan')):.4f}", f"{val.get('bpb', float('nan')):.4f}",
+        f"{summary['steps']:,}", f"{val.get('loss', float('nan')):.4f}", f"{val.get('bpb', float('nan')):.4f}",
         f"{val.get('perplexity', float('nan')):.2f}", f"{val.get('accuracy', float('nan')):.3f}",
         f"{summary.get('tok_per_s', 0):,.0f}", f"{t.get('total_s', 0):.0f} s"]
     choice = summary.get("precision_choice")
     lines = [
-        f"Quickstart (`make demo`, {summary.get('params', 0):,} parameters, {summary['steps']} steps, "
-        f"torch {summary.get('torch', '?')}), one row per CPU it ran on (the row of the latest run comes from "
+        f"Quickstart (`make demo`, {summary.get('params', 0):,} parameters, torch {summary.get('torch', '?')}), one "
+        f"row per CPU it ran on (the row of the latest run, {summary['steps']:,} steps, comes from "
         f"`runs/quickstart/summary.json`{'; its precision/compile: ' + choice if choice else ''}):",
         "",
-        "| CPU | val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | pipeline time |",
-        "|---|---|---|---|---|---|---|",
+        "| CPU | steps | val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | "
+        "pipeline time |",
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {cpu} | {' | '.join(cells)} |" for cpu, cells in rows.items()),
         "",
         "A sample (latest run):",

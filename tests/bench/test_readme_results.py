@@ -73,7 +73,23 @@ def test_results_table_has_one_row_per_cpu():
                "tok_per_s": 12000, "timings": {"total_s": 250}, "samples": ["Romeo."],
                "machine": {"model": "AMD EPYC", "avx512_bf16": True, "amx": False, "cores": 2}}
     block = mod.render(summary, old_block)
-    assert f"| {mod.OLD_AMX_CPU} | 4.0220 | 1.9183 |" in block
-    assert "| AMD EPYC, AVX512-BF16 yes, AMX no, 2 cores | 4.1000 | 1.9500 |" in block
+    assert f"| {mod.OLD_AMX_CPU} | ? | 4.0220 | 1.9183 |" in block  # its steps were not recorded in that table
+    assert "| AMD EPYC, AVX512-BF16 yes, AMX no, 2 cores | 800 | 4.1000 | 1.9500 |" in block
     again = mod.render({**summary, "val": {**summary["val"], "bpb": 1.9}}, block)  # the same CPU: its row replaced
     assert again.count("AMD EPYC") == 1 and "1.9000" in again and mod.OLD_AMX_CPU in again
+
+
+def test_results_rows_keep_the_steps_their_runs_trained():
+    mod = _module()
+    old_block = ("Quickstart (`make demo`, 10 parameters, 800 steps, torch 2.13.0), one row per CPU:\n\n"
+                 "| CPU | val loss | val bits/byte | val perplexity | val top-1 acc | train tok/s (median) | "
+                 "pipeline time |\n|---|---|---|---|---|---|---|\n"
+                 "| Intel Xeon, AVX512-BF16 yes, AMX yes, 2 cores | 4.0220 | 1.9183 | 55.81 | 0.284 | 19,196 | 196 s |")
+    summary = {"steps": 500, "params": 10, "val": {"loss": 4.1, "bpb": 1.98, "perplexity": 60.0, "accuracy": 0.27},
+               "tok_per_s": 12000, "timings": {"total_s": 200}, "samples": ["Romeo."],
+               "machine": {"model": "AMD EPYC", "avx512_bf16": True, "amx": False, "cores": 2}}
+    block = mod.render(summary, old_block)
+    assert "| Intel Xeon, AVX512-BF16 yes, AMX yes, 2 cores | 800 | 4.0220 |" in block
+    assert "| AMD EPYC, AVX512-BF16 yes, AMX no, 2 cores | 500 | 4.1000 | 1.9800 |" in block
+    again = mod.render(summary, block)  # a table with the steps column keeps them
+    assert "| Intel Xeon, AVX512-BF16 yes, AMX yes, 2 cores | 800 | 4.0220 |" in again and again.count("| 500 |") == 1
