@@ -94,8 +94,22 @@ def test_stream_is_documents_plus_eos_and_split_is_by_content(tmp_path: Path, co
     assert (out / "tokenizer.json").is_file() and manifest["tokenizer_file"] == "tokenizer.json"
 
 
+def test_small_inputs_are_tokenized_without_a_process_pool(tmp_path: Path, corpus: Path, bpe: Tokenizer,
+                                                           monkeypatch) -> None:
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started for a small input")
+
+    monkeypatch.setattr(pack.multiprocessing, "get_context", no_pool)
+    manifest = prepare_dataset([str(corpus)], bpe, str(tmp_path / "o"), num_workers=2, progress=False)
+    assert manifest["splits"]["train"]["tokens"] > 0
+    monkeypatch.setattr(pack, "POOL_MIN_BYTES", 0)
+    with pytest.raises(AssertionError, match="process pool"):
+        prepare_dataset([str(corpus)], bpe, str(tmp_path / "p"), num_workers=2, progress=False)
+
+
 def test_one_and_two_workers_write_identical_files(tmp_path: Path, corpus: Path, bpe: Tokenizer, monkeypatch) -> None:
     monkeypatch.setattr(pack, "_CHUNK_DOCS", 3)  # many small tasks, so ordering across workers is exercised
+    monkeypatch.setattr(pack, "POOL_MIN_BYTES", 0)  # the pool even for this small corpus
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
