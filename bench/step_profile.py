@@ -14,7 +14,6 @@ Last line: non_gemm_share step_ms gemm_ms.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
@@ -22,10 +21,9 @@ from harness import add_timing_args, apply_timing_args, emit, machine_line, refe
 
 from slm.config import TrainConfig
 from slm.models import build_model
-from slm.runtime import matmul_precision, resolve_precision
-from slm.train.calibrate import PRECISIONS, Candidate, calibrate, step_timer
+from slm.runtime import matmul_precision
+from slm.train.calibrate import PRECISIONS, Candidate, calibrate, step_timer, train_step
 from slm.train.hostmem import retain_freed_memory
-from slm.train.optim import build_optimizer
 
 GEMM_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_mkldnn", "mkldnn::")
 
@@ -59,21 +57,10 @@ def main() -> None:
         choice, how = Candidate(precisions[0], compiles[0]), "forced"
     print(f"# step profile: {machine_line()}; batch {args.batch} x {args.seq}; {choice.name} ({how})", flush=True)
 
-    dtype, _ = resolve_precision(choice.precision, cpu)
-    opt = build_optimizer(model, tc)
-    fwd = torch.compile(model) if choice.compile else model
-    params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=gen)
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
-        (summed / y.numel()).backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = train_step(model, tc, x, y, choice.precision, choice.compile, cpu)  # the trainer's step
 
     from torch.profiler import ProfilerActivity, profile
 

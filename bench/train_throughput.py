@@ -44,9 +44,8 @@ from slm.config import TrainConfig
 from slm.models import CausalLM, build_model
 from slm.train.hostmem import retain_freed_memory
 from slm.train.metrics import measure_gemm_flops
-from slm.train.optim import build_optimizer
 from slm.runtime import resolve_precision
-from slm.train.calibrate import PRECISIONS, calibrate, step_timer
+from slm.train.calibrate import PRECISIONS, calibrate, step_timer, train_step
 
 
 def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
@@ -64,26 +63,13 @@ def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
 
 
 def slm_step_fn(model: CausalLM, x: torch.Tensor, y: torch.Tensor, precision: str, compile_model: bool):
-    """The trainer's step (trainer.py): autocast per `precision`, summed loss / targets, clip, fused AdamW."""
+    """The trainer's step (slm.train.calibrate.train_step: autocast per `precision`, summed loss / targets, clip,
+    fused AdamW, the blocks compiled as the trainer compiles them)."""
     tc = TrainConfig(lr=1e-3, precision=precision, compile=compile_model)
     autocast_dtype, _ = resolve_precision(tc.precision, torch.device("cpu"))
     if precision == "bf16-matmul":  # the worker process does nothing else: set for its life, as the trainer's fit
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
-    opt = build_optimizer(model, tc)
-    fwd = torch.compile(model) if compile_model else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_targets = y.numel()
-
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with ctx:
-            summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
-        (summed / n_targets).backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, autocast_dtype
+    return train_step(model, tc, x, y, precision, compile_model, torch.device("cpu")), autocast_dtype
 
 
 def batch(cfg, args) -> tuple[torch.Tensor, torch.Tensor]:

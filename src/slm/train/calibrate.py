@@ -92,12 +92,34 @@ def calibrate(time_candidate: Callable[[Candidate], Timing], precisions: tuple[s
 
 
 # -- measuring on the run's model ---------------------------------------------------------------------------------
-def step_timer(model: CausalLM, tc: TrainConfig, batch_size: int, seq_len: int, device: torch.device,
-               *, warmup: int = 1, timed: int = 3) -> Callable[[Candidate], Timing]:
-    """A function timing one candidate: `warmup` + `timed` training steps (forward with targets, backward, clip,
-    the run's optimizer) on a random batch; the model's weights, buffers and the RNG state are restored after."""
+def train_step(model: CausalLM, tc: TrainConfig, x: torch.Tensor, y: torch.Tensor, precision: str, compile_: bool,
+               device: torch.device) -> Callable[[], None]:
+    """One training step on the fixed batch (x, y) as the trainer takes it: autocast per `precision`, the summed loss
+    over the targets, backward, clip, the run's optimizer; with `compile_`, the blocks compiled as the trainer
+    compiles them (`slm.train.parallel.compile_for_training`). The caller sets the matmul precision around it."""
     from .optim import build_optimizer
 
+    dtype, _ = resolve_precision(precision, device)
+    opt = build_optimizer(model, tc)
+    fwd, compiled = compile_for_training(model) if compile_ else (model, None)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with compiled.active() if compiled is not None else contextlib.nullcontext():  # forward + backward
+            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
+            (summed / y.numel()).backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_timer(model: CausalLM, tc: TrainConfig, batch_size: int, seq_len: int, device: torch.device,
+               *, warmup: int = 1, timed: int = 3) -> Callable[[Candidate], Timing]:
+    """A function timing one candidate: `warmup` + `timed` training steps (`train_step`) on a random batch; the
+    model's weights, buffers and the RNG state are restored after."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -111,21 +133,7 @@ def step_timer(model: CausalLM, tc: TrainConfig, batch_size: int, seq_len: int, 
         rng = torch.get_rng_state()
         was_training = model.training
         model.train()
-        dtype, _ = resolve_precision(c.precision, device)
-        opt = build_optimizer(model, tc)
-        fwd, compiled = compile_for_training(model) if c.compile else (model, None)  # as the trainer compiles
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def one_step() -> None:
-            with compiled.active() if compiled is not None else contextlib.nullcontext():  # forward + backward
-                ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-                with ctx:
-                    summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
-                (summed / y.numel()).backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        one_step = train_step(model, tc, x, y, c.precision, c.compile, device)
         try:
             with matmul_precision(c.precision, device):
                 t0 = time.perf_counter()
