@@ -103,6 +103,9 @@ class CausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~30% more compute
+        # the chunked loss's per-chunk kernel compiled on its own (set while a sharded run's compiled blocks run:
+        # slm.train.parallel.CompiledUnits; a whole-model graph fuses it anyway)
+        self.compile_loss = False
 
     # ------------------------------------------------------------------------------------------------------------ #
     # what an architecture implements
@@ -166,7 +169,8 @@ class CausalLM(nn.Module):
         h = self.hidden_states(input_ids, state=state, attention_mask=attention_mask, doc_ids=doc_ids,
                                position_ids=position_ids)
         if targets is not None:
-            return chunked_cross_entropy(h, self.output_weight, targets, chunk=loss_chunk, reduction="sum")
+            return chunked_cross_entropy(h, self.output_weight, targets, chunk=loss_chunk, reduction="sum",
+                                         compile_kernels=self.compile_loss)
         if return_hidden:
             return h
         return F.linear(h, self.output_weight)

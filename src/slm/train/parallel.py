@@ -6,15 +6,14 @@ the choice from the loop: `parallelize` wraps the model (and compiles it when as
 is the context for one accumulation micro-batch's forward and backward.
 
 Decisions:
-- torch.compile compiles each block (`CausalLM.shard_units()`) on its own, not the whole model ("regional
-  compilation"): the blocks of a stack share one graph, so the cold compile no longer grows with depth (the tiny
-  quickstart model, fresh inductor cache, 2 cores: 24-25 s instead of 39-47 s; steps within noise of the
-  whole-model graph: 10.0-12.7k vs 10.5-12.2k tok/s in 4 alternating runs). The compiled blocks are switched on only
-  inside a micro-batch's forward + backward (`ParallelModel.micro_batch`): evaluation, samples and GRPO's rollouts
-  between steps call the same modules eagerly, so no graph is traced for a decode state or eval mode. The root
-  (embeddings, final norm, the chunked loss) stays eager; a model without blocks is compiled whole.
-- DDP wraps the model (DDP(model)), and DDP is created only when the run is distributed, so a single process trains
-  the bare model with no wrapper in the way.
+- One process or DDP: torch.compile compiles the whole model (one graph: the blocks, the embedding, the final norm
+  and the chunked loss fused together). Compiling each block on its own (`CompiledUnits`, "regional compilation")
+  made the cold compile of the tiny quickstart model 24-25 s instead of 39-47 s, but its steady-state step was
+  slower on the reference config (`bench/step_profile.py --precision bf16 --compile true`, 2 alternating runs:
+  non-GEMM 114 vs 96 ms and 134 vs 114 ms per step): the step wins over a run, so the whole graph stays. FSDP
+  cannot shard under one graph; it compiles the units (below).
+- DDP wraps the compiled module (DDP(compile(model))), and DDP is created only when the run is distributed, so a
+  single process trains the bare (or compiled) model with no wrapper in the way.
 - `broadcast_buffers=False`: the model's buffers (RoPE tables, causal masks) are constants every rank builds alike, so
   the per-step broadcast would only cost time. `device_ids` is set on CUDA (one device per process) and left out on
   CPU, where the process group is gloo.
@@ -26,8 +25,11 @@ Decisions:
   bf16 run the policy is bf16 parameters for compute and fp32 gradient reduction (`MixedPrecisionPolicy`); on CPU
   (gloo) no policy, so CPU FSDP == DDP == one process up to summation order (tested). Activation checkpointing is the
   model's own (non-reentrant `torch.utils.checkpoint` inside each block), which composes with `fully_shard`;
-  torch.compile compiles each unit before it is sharded (torchtitan's order: per-block graphs), the root stays
-  eager. 0-dim parameters (a learned scalar) cannot be sharded: they stay whole on every rank (`ignored_params`) and their grads are all-reduced once per step here.
+  torch.compile compiles each unit before it is sharded (torchtitan's order: per-block graphs) and the root's loss
+  kernel; the compiled units are switched on only inside a micro-batch's forward + backward
+  (`ParallelModel.micro_batch`), so evaluation and samples between steps run the same modules eagerly. 0-dim
+  parameters (a learned scalar) cannot be sharded: they stay whole on every rank (`ignored_params`) and their grads
+  are all-reduced once per step here.
 - FSDP with one process has nothing to shard: the model trains unwrapped, but checkpoints stay sharded-format (DCP),
   so a 2-process run resumes on 1 process and back. The trainer logs that choice (`ParallelModel.note`).
 """
@@ -64,7 +66,7 @@ class ParallelModel:
     sharded: bool = False  # parameters are DTensors sharded over the ranks (fsdp with world size > 1)
     note: str = ""  # how the choice was made, for the run log
     replicated: tuple[torch.nn.Parameter, ...] = ()  # fsdp: scalar parameters kept whole; grads all-reduced here
-    compiled: CompiledUnits | None = None  # blocks compiled on their own, active inside `micro_batch`
+    compiled: CompiledUnits | None = None  # fsdp: units compiled on their own, active inside `micro_batch`
 
     @property
     def sharded_checkpoints(self) -> bool:
@@ -90,31 +92,30 @@ class ParallelModel:
 
 class CompiledUnits:
     """Each of a model's blocks compiled on its own (torch.compile of the module's call, as `nn.Module.compile`
-    does), switched on only inside `active()`: outside it the same modules run eagerly. Blocks of one class share one
-    dynamo graph (parameters are graph inputs), so compiling costs one block's graph, not the model's."""
+    does), and the root's chunked loss kernel compiled (`CausalLM.compile_loss`), switched on only inside `active()`:
+    outside it the same modules run eagerly. Blocks of one class share one dynamo graph (parameters are graph
+    inputs), so compiling costs one block's graph, not the model's."""
 
-    def __init__(self, units: Iterable[torch.nn.Module]):
-        self.units = tuple(units)
+    def __init__(self, units: Iterable[torch.nn.Module], root: CausalLM):
+        self.units, self.root = tuple(units), root
         self.calls = tuple(torch.compile(u._call_impl) for u in self.units)
 
     @contextlib.contextmanager
     def active(self):
         for unit, call in zip(self.units, self.calls):
             unit._compiled_call_impl = call  # what `nn.Module.compile` sets; `__call__` dispatches on it
+        self.root.compile_loss = True
         try:
             yield
         finally:
             for unit in self.units:
                 unit._compiled_call_impl = None
+            self.root.compile_loss = False
 
 
 def compile_for_training(model: CausalLM) -> tuple[torch.nn.Module, CompiledUnits | None]:
-    """(module to call, its compiled blocks): the model itself with its blocks compiled, or, for a model without
-    blocks, the whole model compiled."""
-    units = model.shard_units()
-    if not units:
-        return torch.compile(model), None
-    return model, CompiledUnits(units)
+    """(module to call, compiled blocks to switch on) for a run that is not sharded: the whole model compiled."""
+    return torch.compile(model), None
 
 
 @contextlib.contextmanager
@@ -180,7 +181,7 @@ def _fsdp(model: CausalLM, dist: DistInfo, autocast_dtype: torch.dtype | None, c
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     units = model.shard_units()
     scalars = {p for p in model.parameters() if p.dim() == 0}  # fully_shard cannot shard a 0-dim tensor: kept whole
-    compiled = CompiledUnits(units) if compile_ and units else None  # compiled before sharding (torchtitan's order)
+    compiled = CompiledUnits(units, model) if compile_ and units else None  # compiled before sharding (torchtitan's order)
     for unit in units:
         fully_shard(unit, mp_policy=policy, ignored_params=scalars & set(unit.parameters()) or None)
     fully_shard(model, mp_policy=policy, ignored_params=scalars or None)
