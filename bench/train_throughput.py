@@ -64,7 +64,7 @@ def hf_step_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool):
 
 def slm_step_fn(model: CausalLM, x: torch.Tensor, y: torch.Tensor, precision: str, compile_model: bool):
     """The trainer's step (slm.train.calibrate.train_step: autocast per `precision`, summed loss / targets, clip,
-    fused AdamW, the blocks compiled as the trainer compiles them)."""
+    fused AdamW, compiled as the trainer compiles an unsharded run)."""
     tc = TrainConfig(lr=1e-3, precision=precision, compile=compile_model)
     autocast_dtype, _ = resolve_precision(tc.precision, torch.device("cpu"))
     if precision == "bf16-matmul":  # the worker process does nothing else: set for its life, as the trainer's fit

@@ -40,7 +40,6 @@ from ..config import RunConfig, TrainConfig
 from ..models import CausalLM
 from ..runtime import (DistInfo, cpu_features, matmul_precision, read_machine_cache, resolve_precision,
                        slm_cache_dir, write_machine_cache)
-from .parallel import compile_for_training
 
 MIN_TOKENS = 1_000_000  # per process; below it `auto` is eager and unmeasured (short_run_precision)
 PRECISIONS = ("fp32", "bf16", "bf16-matmul")
@@ -95,20 +94,19 @@ def calibrate(time_candidate: Callable[[Candidate], Timing], precisions: tuple[s
 def train_step(model: CausalLM, tc: TrainConfig, x: torch.Tensor, y: torch.Tensor, precision: str, compile_: bool,
                device: torch.device) -> Callable[[], None]:
     """One training step on the fixed batch (x, y) as the trainer takes it: autocast per `precision`, the summed loss
-    over the targets, backward, clip, the run's optimizer; with `compile_`, the blocks compiled as the trainer
-    compiles them (`slm.train.parallel.compile_for_training`). The caller sets the matmul precision around it."""
+    over the targets, backward, clip, the run's optimizer; with `compile_`, the model compiled as one graph (as
+    `slm.train.parallel.parallelize` compiles an unsharded run). The caller sets the matmul precision around it."""
     from .optim import build_optimizer
 
     dtype, _ = resolve_precision(precision, device)
     opt = build_optimizer(model, tc)
-    fwd, compiled = compile_for_training(model) if compile_ else (model, None)
+    fwd = torch.compile(model) if compile_ else model
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> None:
-        with compiled.active() if compiled is not None else contextlib.nullcontext():  # forward + backward
-            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-                summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
-            (summed / y.numel()).backward()
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            summed = fwd(x, targets=y, loss_chunk=tc.loss_chunk)
+        (summed / y.numel()).backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -113,11 +113,6 @@ class CompiledUnits:
             self.root.compile_loss = False
 
 
-def compile_for_training(model: CausalLM) -> tuple[torch.nn.Module, CompiledUnits | None]:
-    """(module to call, compiled blocks to switch on) for a run that is not sharded: the whole model compiled."""
-    return torch.compile(model), None
-
-
 @contextlib.contextmanager
 def _fsdp_sync(module: torch.nn.Module, sync: bool, replicated: tuple[torch.nn.Parameter, ...]):
     module.set_requires_gradient_sync(sync)
@@ -152,16 +147,14 @@ def parallelize(model: CausalLM, dist: DistInfo, tc: TrainConfig | None = None,
     kind, why = resolve_parallel(tc.parallel, model, dist) if tc is not None else ("ddp", "default")
     if kind == "fsdp":
         return _fsdp(model, dist, autocast_dtype, compile_, why)
-    module, compiled = compile_for_training(model) if compile_ else (model, None)
+    module = torch.compile(model) if compile_ else model
     if not dist.enabled:
-        return ParallelModel(module, distributed=False, kind="ddp", compiled=compiled,
-                             note=f"ddp ({why}): one process, no wrapper")
+        return ParallelModel(module, distributed=False, kind="ddp", note=f"ddp ({why}): one process, no wrapper")
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device = dist.device
     wrapped = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    return ParallelModel(wrapped, distributed=True, kind="ddp", compiled=compiled,
-                         note=f"ddp ({why}) over {dist.world_size} processes")
+    return ParallelModel(wrapped, distributed=True, kind="ddp", note=f"ddp ({why}) over {dist.world_size} processes")
 
 
 def _fsdp(model: CausalLM, dist: DistInfo, autocast_dtype: torch.dtype | None, compile_: bool,
@@ -170,8 +163,8 @@ def _fsdp(model: CausalLM, dist: DistInfo, autocast_dtype: torch.dtype | None, c
         raise SlmError("--train.parallel=fsdp with --train.precision=fp16: the GradScaler does not shard; use "
                        "--train.precision=bf16")
     if not dist.enabled or not torch_dist.is_initialized():
-        module, compiled = compile_for_training(model) if compile_ else (model, None)
-        return ParallelModel(module, distributed=False, kind="fsdp", compiled=compiled,
+        module = torch.compile(model) if compile_ else model
+        return ParallelModel(module, distributed=False, kind="fsdp",
                              note=f"fsdp ({why}) with world size 1: nothing to shard, training the whole model on one "
                                   f"process; checkpoints are sharded-format (DCP) all the same")
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -181,11 +174,12 @@ def _fsdp(model: CausalLM, dist: DistInfo, autocast_dtype: torch.dtype | None, c
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     units = model.shard_units()
     scalars = {p for p in model.parameters() if p.dim() == 0}  # fully_shard cannot shard a 0-dim tensor: kept whole
-    compiled = CompiledUnits(units, model) if compile_ and units else None  # compiled before sharding (torchtitan's order)
+    compiled = CompiledUnits(units, model) if compile_ else None  # before sharding (torchtitan's order)
     for unit in units:
         fully_shard(unit, mp_policy=policy, ignored_params=scalars & set(unit.parameters()) or None)
     fully_shard(model, mp_policy=policy, ignored_params=scalars or None)
-    return ParallelModel(model, distributed=True, kind="fsdp", sharded=True, replicated=tuple(scalars), compiled=compiled,
+    return ParallelModel(model, distributed=True, kind="fsdp", sharded=True, replicated=tuple(scalars),
+                         compiled=compiled,
                          note=f"fsdp ({why}): {len(units)} units + root sharded over {dist.world_size} processes")
 
 
